@@ -1,0 +1,141 @@
+"""Block-diffusion generation: denoise a canvas, commit it, start the next (diffusiongemma.md 4.2-4.3).
+
+`denoise_canvas` runs the sampler on one canvas against a prompt cache. `generate_canvases` is the
+outer loop: it yields every finished canvas (post-EOS positions set to pad, as transformers does)
+and commits it into the cache when another canvas follows. Rows of a batch that converge early
+are frozen, rows that reached EOS or their token quota stop counting steps.
+
+Between denoising steps the loop calls `should_stop()`; a True return raises
+`GenerationCancelled` (or `DeadlineExceeded` when the deadline passed), so a cancelled request
+costs at most one more decoder pass.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from engine.cache import KVCache
+from engine.errors import DeadlineExceeded, GenerationCancelled
+from engine.model import DiffusionGemmaTransformer
+from engine.sampler import EntropyBoundSampler
+
+
+@dataclass
+class CanvasOutcome:
+    tokens: torch.Tensor  # [B, C] committed argmax, post-EOS positions replaced by pad
+    steps: list[int]  # decoder passes each row used on this canvas
+    finished: torch.Tensor  # [B] bool: row is done (EOS seen now or earlier, or its quota reached)
+    eos_found: torch.Tensor  # [B] bool: row hit EOS in this canvas
+
+
+class StopCheck:
+    """Polled between denoising steps: cancellation callback and deadline in one place."""
+
+    def __init__(self, should_stop: Callable[[], bool] | None = None, deadline: float | None = None):
+        self.should_stop = should_stop
+        self.deadline = deadline
+
+    def check(self) -> None:
+        if self.should_stop is not None and self.should_stop():
+            raise GenerationCancelled()
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise DeadlineExceeded()
+
+
+@torch.inference_mode()
+def denoise_canvas(
+    model: DiffusionGemmaTransformer,
+    cache: KVCache,
+    sampler: EntropyBoundSampler,
+    batch: int,
+    length: int,
+    frozen: torch.Tensor | None = None,
+    stop: StopCheck | None = None,
+    on_step: Callable[[torch.Tensor], None] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Denoise one canvas of `length` tokens; returns (argmax canvas [B, C], decoder passes per row [B]).
+
+    `frozen` [B] marks rows that need no canvas (finished earlier): they are computed with the
+    batch, as transformers does, but not counted.
+    """
+    device = model.device
+    steps_budget = sampler.config.max_denoising_steps
+    canvas = sampler.initial_canvas(batch, length, device)
+    argmax = canvas
+    self_conditioning = None
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    idle = frozen if frozen is not None else torch.zeros_like(finished)
+    passes = torch.zeros(batch, dtype=torch.long, device=device)
+    for steps_remaining in range(steps_budget, 0, -1):
+        if stop is not None:
+            stop.check()
+        passes += ~(finished | idle)
+        logits = model.denoise(canvas, cache, self_conditioning)
+        result = sampler.step(canvas, logits, steps_remaining)
+        new_argmax, new_canvas, processed = result.argmax, result.canvas, result.processed_logits
+        if finished.any():  # rows that converged keep their canvas, argmax and logits
+            keep = finished[:, None]
+            new_argmax = torch.where(keep, argmax, new_argmax)
+            new_canvas = torch.where(keep, canvas, new_canvas)
+            processed = torch.where(keep[..., None], self_conditioning.float(), processed)
+        finished = finished | sampler.converged(new_argmax, result.entropy)
+        # transformers casts the processed logits to the embedding dtype before they feed back.
+        self_conditioning = processed.to(model.dtype)
+        canvas, argmax = new_canvas, new_argmax
+        if on_step is not None:
+            on_step(argmax)
+        if bool(finished.all()):
+            break
+    return argmax, passes
+
+
+def pad_after_eos(
+    tokens: torch.Tensor, eos_ids: torch.Tensor, pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep the first EOS of each row, replace everything after it by pad (4.3)."""
+    is_eos = torch.isin(tokens, eos_ids)
+    seen = is_eos.cumsum(dim=-1)
+    after = (seen > 0) & ~((seen == 1) & is_eos)
+    return tokens.masked_fill(after, pad_id), is_eos.any(dim=-1)
+
+
+def generate_canvases(
+    model: DiffusionGemmaTransformer,
+    cache: KVCache,
+    sampler: EntropyBoundSampler,
+    max_new_tokens: list[int],
+    canvas_length: int,
+    eos_ids: list[int],
+    pad_id: int,
+    stop: StopCheck | None = None,
+    context_length: int | None = None,
+) -> Iterator[CanvasOutcome]:
+    """Yield canvases until every row has EOS or `max_new_tokens[row]` tokens; commit between canvases.
+
+    `cache` must already hold the prompt. Rows that finished in an earlier canvas get an all-pad
+    canvas (4.3).
+    """
+    batch = len(max_new_tokens)
+    device = model.device
+    eos_tensor = torch.tensor(eos_ids or [-1], device=device)
+    quota = torch.tensor([math.ceil(n / canvas_length) for n in max_new_tokens], device=device)
+    done = quota <= 0
+    canvases = int(quota.max().item()) if batch else 0
+    if context_length is not None:
+        canvases = min(canvases, max(0, (context_length - cache.length) // canvas_length))
+    for index in range(canvases):
+        tokens, passes = denoise_canvas(model, cache, sampler, batch, canvas_length, frozen=done, stop=stop)
+        tokens, eos_found = pad_after_eos(tokens, eos_tensor, pad_id)
+        tokens = tokens.masked_fill(done[:, None], pad_id)
+        eos_found &= ~done
+        done = done | eos_found | (quota <= index + 1)
+        yield CanvasOutcome(tokens, passes.tolist(), done.clone(), eos_found)
+        if bool(done.all()) or index + 1 == canvases:
+            return
+        with torch.inference_mode():
+            model.encode(tokens, cache)

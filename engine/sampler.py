@@ -1,0 +1,155 @@
+"""The entropy-bound renoising sampler (diffusiongemma.md section 4).
+
+Each denoising step: divide the softcapped logits by a temperature that falls linearly from
+`t_max` to `t_min`; sample every canvas position; accept the lowest-entropy positions whose
+summed entropy (excluding the largest accepted one) fits `entropy_bound`; re-draw every other
+position uniformly at random. A canvas is done when its argmax has been stable for
+`stability_threshold` steps and the mean entropy is below `confidence_threshold`, or when the
+step budget is spent. The committed canvas is the last argmax.
+
+Random numbers come from a `RandomSource`, so that the same sampler can reproduce transformers'
+draws from the global generator (`ReferenceRandom`) or use a private seeded generator
+(`GeneratorRandom`) that never touches global state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+from engine.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """The published defaults (generation_config.json of google/diffusiongemma-26B-A4B-it)."""
+
+    max_denoising_steps: int = 48
+    entropy_bound: float = 0.1
+    t_min: float = 0.4
+    t_max: float = 0.8
+    stability_threshold: int = 1
+    confidence_threshold: float = 0.005
+
+    def __post_init__(self) -> None:
+        if self.max_denoising_steps < 1:
+            raise ConfigError("max_denoising_steps must be at least 1", hint="the published default is 48")
+        if not self.entropy_bound > 0:
+            raise ConfigError("entropy_bound must be > 0", hint="the published default is 0.1 nats")
+        if not (self.t_min > 0 and self.t_max > 0):
+            raise ConfigError("temperatures t_min and t_max must be > 0", hint="the defaults are 0.4 and 0.8")
+        if self.stability_threshold < 0:
+            raise ConfigError("stability_threshold must be >= 0", hint="the published default is 1")
+        if self.confidence_threshold < 0:
+            raise ConfigError("confidence_threshold must be >= 0 (0 disables early stopping)")
+
+    def with_overrides(self, **overrides) -> SamplerConfig:
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+    def temperature(self, steps_remaining: int) -> float:
+        """t = t_min + (t_max - t_min) * k / N, with k the steps remaining (N at the first step)."""
+        return self.t_min + (self.t_max - self.t_min) * (steps_remaining / self.max_denoising_steps)
+
+
+class RandomSource:
+    """Where uniform canvases and categorical samples come from."""
+
+    def uniform_tokens(self, shape: tuple[int, ...], vocab_size: int, device: torch.device) -> torch.Tensor:
+        raise NotImplementedError
+
+    def categorical(self, probs: torch.Tensor) -> torch.Tensor:
+        """One sample per row of `probs` [N, V] -> [N]."""
+        raise NotImplementedError
+
+
+class ReferenceRandom(RandomSource):
+    """transformers' order on the global generator: randint, then per step multinomial + randint."""
+
+    def uniform_tokens(self, shape, vocab_size, device):
+        return torch.randint(0, vocab_size, shape, device=device)
+
+    def categorical(self, probs):
+        return torch.multinomial(probs, num_samples=1).squeeze(-1)
+
+
+class GeneratorRandom(RandomSource):
+    """A private generator: reproducible per request, independent of other requests."""
+
+    def __init__(self, seed: int | None, device: torch.device | str = "cpu"):
+        self.generator = torch.Generator(device=device)
+        if seed is None:
+            self.generator.seed()
+        else:
+            self.generator.manual_seed(seed)
+
+    def uniform_tokens(self, shape, vocab_size, device):
+        return torch.randint(0, vocab_size, shape, device=device, generator=self.generator)
+
+    def categorical(self, probs):
+        return torch.multinomial(probs, num_samples=1, generator=self.generator).squeeze(-1)
+
+
+@dataclass
+class StepResult:
+    canvas: torch.Tensor  # [B, C] the next canvas (accepted samples + fresh noise)
+    argmax: torch.Tensor  # [B, C] argmax of the processed logits
+    processed_logits: torch.Tensor  # [B, C, V] temperature-divided logits (feed self-conditioning)
+    entropy: torch.Tensor  # [B, C] per-position entropy of the processed distribution, nats
+    accepted: torch.Tensor  # [B, C] bool
+
+
+def entropy_bound_acceptance(entropy: torch.Tensor, entropy_bound: float) -> torch.Tensor:
+    """Accept the lowest-entropy prefix whose summed entropy, minus its largest member, fits the bound.
+
+    Equivalently position j is accepted iff the sum of the entropies ranked strictly below it is
+    <= `entropy_bound`; the lowest-entropy position is always accepted (arXiv 2505.24857).
+    """
+    sorted_entropy, order = torch.sort(entropy, dim=-1)
+    excluded_sum = torch.cumsum(sorted_entropy, dim=-1) - sorted_entropy
+    accepted_sorted = excluded_sum <= entropy_bound
+    return torch.zeros_like(accepted_sorted).scatter(-1, order, accepted_sorted)
+
+
+class EntropyBoundSampler:
+    """One object per generation call; holds the stability history of the current canvas."""
+
+    def __init__(self, config: SamplerConfig, vocab_size: int, random: RandomSource):
+        self.config = config
+        self.vocab_size = vocab_size
+        self.random = random
+        self._history: torch.Tensor | None = None
+
+    def initial_canvas(self, batch: int, length: int, device: torch.device) -> torch.Tensor:
+        self._history = None
+        return self.random.uniform_tokens((batch, length), self.vocab_size, device)
+
+    def step(self, canvas: torch.Tensor, logits: torch.Tensor, steps_remaining: int) -> StepResult:
+        """`logits` [B, C, V] are the decoder's softcapped fp32 logits for `canvas`."""
+        batch, length, vocab = logits.shape
+        processed = logits / self.config.temperature(steps_remaining)
+        probs = torch.softmax(processed, dim=-1)
+        log_probs = torch.log(probs)
+        draw = self.random.categorical(probs.view(-1, vocab)).view(batch, length)
+        argmax = processed.argmax(dim=-1)
+        # Categorical.entropy(): -(p * log p) summed, with 0 * log 0 taken as 0.
+        entropy = -(probs * log_probs.clamp(min=torch.finfo(log_probs.dtype).min)).sum(-1)
+        accepted = entropy_bound_acceptance(entropy, self.config.entropy_bound)
+        noise = self.random.uniform_tokens((batch, length), self.vocab_size, canvas.device)
+        next_canvas = torch.where(accepted, draw, noise)
+        return StepResult(next_canvas, argmax, processed, entropy, accepted)
+
+    def converged(self, argmax: torch.Tensor, entropy: torch.Tensor) -> torch.Tensor:
+        """Per row: argmax equal to the previous `stability_threshold` argmaxes and mean entropy low."""
+        threshold = self.config.stability_threshold
+        if threshold == 0:
+            stable = torch.ones(argmax.shape[0], dtype=torch.bool, device=argmax.device)
+        else:
+            if self._history is None:
+                self._history = torch.full(
+                    (threshold, *argmax.shape), -1, dtype=argmax.dtype, device=argmax.device
+                )
+            stable = (self._history == argmax[None]).all(dim=-1).all(dim=0)
+            self._history = torch.cat([self._history[1:], argmax[None]], dim=0)
+        confident = entropy.mean(dim=-1) < self.config.confidence_threshold
+        return stable & confident
