@@ -17,6 +17,7 @@ from engine.errors import EngineError
 # Modules with a `register(subparsers)` function, in the order `dgemma --help` lists them.
 SUBCOMMAND_MODULES = [
     "engine.commands",
+    "engine.bench",
     "engine.training.commands",
     "engine.evaluation.commands",
 ]

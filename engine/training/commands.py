@@ -1,0 +1,65 @@
+"""`dgemma corpus`, `dgemma train-tokenizer` and `dgemma train` (heavy imports stay in the handlers)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    corpus = subparsers.add_parser(
+        "corpus",
+        help="list the training corpus and its train/held-out split (writes a manifest)",
+        description="Collect permissively licensed Python (default: this interpreter's standard library) "
+        "and split it by file (see engine/training/corpus.py).",
+    )
+    corpus.add_argument("--root", default=None, help="source folder (default: the standard library)")
+    corpus.add_argument("--out", default=None, help="write the manifest JSON here")
+    corpus.add_argument("--heldout-fraction", type=float, default=None)
+    corpus.set_defaults(func=run_corpus)
+
+    tokenizer = subparsers.add_parser(
+        "train-tokenizer",
+        help="train the byte-level BPE tokenizer on the corpus's training split",
+        description="Byte-level BPE with <pad> <eos> <bos> <unk> and the FIM tokens as ids 0-7; "
+        "writes tokenizer.json and tokenizer_config.json into OUT.",
+    )
+    tokenizer.add_argument("--root", default=None, help="source folder (default: the standard library)")
+    tokenizer.add_argument("--vocab-size", type=int, default=8192)
+    tokenizer.add_argument("--out", required=True, help="output folder")
+    tokenizer.set_defaults(func=run_train_tokenizer)
+
+
+def run_corpus(args: argparse.Namespace) -> int:
+    from engine.training.corpus import (
+        DEFAULT_HELDOUT_FRACTION,
+        HELDOUT,
+        TRAIN,
+        collect,
+        manifest,
+        write_manifest,
+    )
+
+    corpus = collect(args.root, heldout_fraction=args.heldout_fraction or DEFAULT_HELDOUT_FRACTION)
+    data = manifest(corpus)
+    for name in (TRAIN, HELDOUT):
+        t = data["totals"][name]
+        print(f"{name:8s} {t['files']:5d} files {t['lines']:8d} lines {t['bytes'] / 1e6:7.2f} MB")
+    print(f"root {corpus.root} (licence {corpus.licence}); skipped: {corpus.skipped}")
+    if args.out:
+        write_manifest(corpus, args.out)
+        print(f"manifest written to {args.out}")
+    return 0
+
+
+def run_train_tokenizer(args: argparse.Namespace) -> int:
+    from engine.training.corpus import TRAIN, collect
+    from engine.training.tokenizer import save_tokenizer, train_tokenizer
+
+    corpus = collect(args.root)
+    texts = [text for _, text in corpus.texts(TRAIN)]
+    tokenizer = train_tokenizer(texts, vocab_size=args.vocab_size, show_progress=sys.stderr.isatty())
+    path = save_tokenizer(tokenizer, Path(args.out))
+    print(f"{path}: vocabulary {tokenizer.get_vocab_size()} from {len(texts)} files")
+    return 0
