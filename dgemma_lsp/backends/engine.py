@@ -1,0 +1,58 @@
+"""The in-process engine: the DiffusionGemma model (default: the embedded one) in this process."""
+
+from __future__ import annotations
+
+from dgemma_lsp.backends.base import Backend, ProgressCallback
+from engine.requests import InfillRequest, InfillResult
+
+
+class EngineBackend(Backend):
+    name = "engine"
+
+    def __init__(self, settings):
+        super().__init__(settings)
+        self.model = None
+
+    def load(self, progress: ProgressCallback) -> None:
+        progress("importing the engine", 5)
+        from engine import DiffusionConfig, DiffusionGemmaModel
+
+        config = DiffusionConfig(
+            device=self.settings.device,
+            dtype=self.settings.dtype,
+            num_diffusion_steps=self.settings.steps,
+        )
+        progress(f"loading {self.settings.model or 'the embedded model'}", 20)
+        self.model = DiffusionGemmaModel.from_pretrained(self.settings.model, config=config)
+
+    def warmup(self) -> None:
+        if self.model is not None:
+            self.model.warmup()
+
+    def infill(self, request: InfillRequest) -> InfillResult:
+        if self.model is None:
+            raise RuntimeError("the engine backend has no model loaded")
+        return self.model.infill_request(request)
+
+    def count_tokens(self, text: str) -> int:
+        if self.model is None:
+            return super().count_tokens(text)
+        return self.model.count_tokens(text)
+
+    @property
+    def canvas_length(self) -> int:
+        return self.model.canvas_length if self.model is not None else super().canvas_length
+
+    @property
+    def context_length(self) -> int:
+        return self.model.context_length if self.model is not None else super().context_length
+
+    @property
+    def description(self) -> str:
+        if self.model is None:
+            return f"engine ({self.settings.model or 'embedded model'}, not loaded)"
+        return f"engine ({self.model.source}, {self.model.device}, canvas {self.model.canvas_length})"
+
+    def close(self) -> None:
+        self.model = None
+        super().close()
