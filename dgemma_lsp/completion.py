@@ -114,7 +114,7 @@ class Stats:
         }
 
 
-def make_hole(document_text: str, offset: int, decision: Decision, indent_unit: str) -> Hole:
+def make_hole(document_text: str, offset: int, decision: Decision, indent_unit: str | None) -> Hole:
     start, end = line_bounds(document_text, offset)
     return Hole(
         before=document_text[start:offset],
@@ -141,7 +141,7 @@ class Completer:
         self.counter = TokenCounter(self._count_tokens)
         self.stats = Stats()
         self.root: str | None = None
-        self._indent_units: dict[str, tuple[int, str]] = {}
+        self._indent_units: dict[str, tuple[int, str | None]] = {}
 
     def _count_tokens(self, text: str) -> int:
         backend = self.backend
@@ -156,11 +156,11 @@ class Completer:
         self.counter = TokenCounter(self._count_tokens)
         self.cache.clear()
 
-    def indent_unit(self, document: Document) -> str:
+    def indent_unit(self, document: Document) -> str | None:
         cached = self._indent_units.get(document.uri)
         if cached is not None and cached[0] == document.edit_count // 50:
             return cached[1]
-        unit = detect_indent_unit(document.text)
+        unit = detect_indent_unit(document.text, default=None)
         if len(self._indent_units) > 1000:
             self._indent_units.clear()
         self._indent_units[document.uri] = (document.edit_count // 50, unit)

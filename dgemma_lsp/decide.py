@@ -23,7 +23,8 @@ from dgemma_lsp.text import (
 
 Mode = Literal["none", "single", "multi"]
 
-BRACKET_OPENERS = ("{", "(", "[")
+# Only braces open blocks; "(" and "[" at the end of a line get a single line (the arguments).
+BRACKET_OPENERS = ("{",)
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,7 @@ _GENERIC_SPECIAL = re.compile(r"<\|[A-Za-z_][A-Za-z0-9_]*\|>")
 # and U+FFFD (bytes that were not valid UTF-8): a model that emits them has left the code.
 _JUNK_CHAR = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ufffd]")
 _FENCE = re.compile(r"^\s*```[\w+-]*[ \t]*\n")
+DEFAULT_UNIT = "    "
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ class Hole:
     max_lines: int
     block_indent: str  # indentation of the cursor's block (see decide.Decision)
     after_opener: bool
-    indent_unit: str  # the document's indentation unit
+    indent_unit: str | None  # the document's indentation unit (None: the document shows none)
     eol: str = "\n"
 
 
@@ -119,9 +120,29 @@ def limit_lines(lines: list[str], max_lines: int, after_opener: bool) -> list[st
     return lines[: max_lines + (1 if after_opener else 0)]
 
 
-def body_anchor(hole: Hole) -> str:
+def body_anchor(hole: Hole, unit: str | None = None) -> str:
     """The indentation the first line of a multi-line suggestion must have in the document."""
-    return hole.block_indent + hole.indent_unit if hole.after_opener else hole.block_indent
+    if not hole.after_opener:
+        return hole.block_indent
+    return hole.block_indent + (unit or hole.indent_unit or DEFAULT_UNIT)
+
+
+def document_unit(lines: list[str], hole: Hole) -> str:
+    """The document's unit, or the model's when the document shows none."""
+    if hole.indent_unit:
+        return hole.indent_unit
+    return model_unit(lines, hole) or DEFAULT_UNIT
+
+
+def model_unit(lines: list[str], hole: Hole) -> str | None:
+    first_body = 1 if hole.after_opener else 0
+    body = [line for line in lines[first_body:] if line.strip()]
+    if not body:
+        return None
+    model_anchor = leading_ws(body[0]) if hole.after_opener else hole.block_indent
+    # After an opener, the first body line is one step in from the opener's line.
+    first_step = indent_width(model_anchor) - indent_width(hole.block_indent) if hole.after_opener else 0
+    return _guess_unit(lines[first_body:], model_anchor, first_step)
 
 
 def reindent(lines: list[str], hole: Hole) -> list[str]:
@@ -130,15 +151,14 @@ def reindent(lines: list[str], hole: Hole) -> list[str]:
     The model's own anchor is the indentation of its first body line after an opener, or the
     cursor's indentation on a blank line (the model saw it in the prefix).
     """
-    doc_anchor = body_anchor(hole)
+    doc_unit_text = document_unit(lines, hole)
+    doc_anchor = body_anchor(hole, doc_unit_text)
     first_body = 1 if hole.after_opener else 0
     body = [line for line in lines[first_body:] if line.strip()]
     if not body:
         return lines
     model_anchor = leading_ws(body[0]) if hole.after_opener else hole.block_indent
-    model_unit = _guess_unit(lines[first_body:], model_anchor) or hole.indent_unit
-    unit_width = max(1, indent_width(model_unit))
-    doc_unit_text = hole.indent_unit
+    unit_width = max(1, indent_width(model_unit(lines, hole) or doc_unit_text))
     anchor_width = indent_width(model_anchor)
     result = list(lines[:first_body])
     for index, line in enumerate(lines[first_body:]):
@@ -169,9 +189,11 @@ def _ws_of_width(width: int, unit: str) -> str:
     return " " * width
 
 
-def _guess_unit(lines: list[str], anchor: str) -> str | None:
+def _guess_unit(lines: list[str], anchor: str, first_step: int = 0) -> str | None:
     """The model's indentation unit: a tab if it indents with tabs, else the smallest step."""
     steps: Counter[int] = Counter()
+    if first_step > 0:
+        steps[first_step] += 1
     previous = indent_width(anchor)
     for line in lines:
         if not line.strip():
@@ -191,7 +213,7 @@ def cut_at_block_end(lines: list[str], hole: Hole) -> list[str]:
     """Stop where the indentation drops below the block's, or where a bracket opened before
     the hole closes (the end of the syntactic block). A lone closing line that the suffix does
     not already provide is kept as the block's end."""
-    anchor_width = indent_width(body_anchor(hole))
+    anchor_width = indent_width(body_anchor(hole, document_unit(lines, hole)))
     start = 1 if hole.after_opener else 0
     depth = 0
     for index, line in enumerate(lines):
@@ -240,16 +262,19 @@ def _scan_depth(line: str, depth: int) -> tuple[int, bool]:
 
 
 def cut_suffix_repeats(lines: list[str], hole: Hole) -> list[str]:
-    """Drop the first line that repeats the next non-blank line of the document, and all after it."""
+    """Drop the first line that repeats the next non-blank line of the document (same text at
+    the same indentation, the lines being re-indented already), and all after it."""
     if not hole.next_lines:
         return lines
-    target = hole.next_lines[0].strip()
-    if not target:
+    target = hole.next_lines[0].rstrip()
+    if not target.strip():
         return lines
     for index, line in enumerate(lines):
-        if index == 0 and not hole.after_opener and hole.before.strip():
-            continue
-        if line.strip() == target:
+        if index == 0 and not hole.after_opener:
+            if hole.before.strip():
+                continue
+            line = hole.before + line
+        if line.rstrip() == target:
             return lines[:index]
     return lines
 

@@ -442,7 +442,7 @@ def signature(node: ts.Node, source: bytes) -> str:
     start = node.start_byte
     # Keep decorators / the line's indentation out; keep the opener on the header line.
     header = source[start:end].decode("utf-8", "replace").rstrip()
-    if body is not None and body.type != "block" and source[body.start_byte : body.start_byte + 1] == b"{":
+    if body is not None and source[body.start_byte : body.start_byte + 1] == b"{":
         header += " {"
     return header
 
@@ -483,7 +483,11 @@ def top_level_definitions(tree: ts.Tree, spec: LanguageSpec) -> dict[str, ts.Nod
                 name = name_of(target)
                 if name and name not in definitions and (depth == 0 or target.type not in spec.declarations):
                     definitions[name] = child
-                if depth == 0 and target.type in spec.classes:
+                if target.type in {"namespace_definition", "mod_item"}:
+                    body = body_of(target)
+                    if body is not None:
+                        visit(body, depth)  # a namespace is not a nesting level
+                elif depth == 0 and target.type in spec.classes:
                     body = body_of(target)
                     if body is not None:
                         visit(body, depth + 1)

@@ -28,8 +28,10 @@ def split_lines(text: str) -> list[str]:
     return text.split("\n")
 
 
-def detect_indent_unit(text: str, sample_lines: int = 2000) -> str:
-    """The document's indentation unit: a tab, or 2/4/8... spaces (4 when nothing tells)."""
+def detect_indent_unit(
+    text: str, sample_lines: int = 2000, default: str | None = " " * TAB_SIZE
+) -> str | None:
+    """The document's indentation unit: a tab, or 2/4/8... spaces (`default` when nothing tells)."""
     tabs = spaces = 0
     deltas: Counter[int] = Counter()
     previous = 0
@@ -54,7 +56,7 @@ def detect_indent_unit(text: str, sample_lines: int = 2000) -> str:
         for delta, _ in deltas.most_common():
             if 1 < delta <= 8:
                 return " " * delta
-    return " " * TAB_SIZE
+    return default
 
 
 def line_bounds(text: str, offset: int) -> tuple[int, int]:

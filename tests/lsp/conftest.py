@@ -55,7 +55,9 @@ def capabilities_of(client: str) -> types.ClientCapabilities:
         return client_capabilities("neovim@v0.11.0")
     if client == "neovim@0.12":
         caps = copy.deepcopy(client_capabilities("neovim@v0.11.0"))
-        caps.text_document.inline_completion = types.InlineCompletionClientCapabilities(dynamic_registration=False)
+        caps.text_document.inline_completion = types.InlineCompletionClientCapabilities(
+            dynamic_registration=False
+        )
         return caps
     raise ValueError(client)
 
@@ -86,7 +88,9 @@ def add_client_handlers(client: LanguageClient) -> None:
         ls.statuses.append(params)  # type: ignore[attr-defined]
 
     @client.feature(types.WORKSPACE_APPLY_EDIT)
-    def apply_edit(ls: LanguageClient, params: types.ApplyWorkspaceEditParams) -> types.ApplyWorkspaceEditResult:
+    def apply_edit(
+        ls: LanguageClient, params: types.ApplyWorkspaceEditParams
+    ) -> types.ApplyWorkspaceEditResult:
         ls.applied_edits.append(params.edit)  # type: ignore[attr-defined]
         return types.ApplyWorkspaceEditResult(applied=True)
 
@@ -109,14 +113,18 @@ async def wait_until_ready(client: LanguageClient, timeout: float = 60.0) -> dic
     end = time.monotonic() + timeout
     status: dict = {}
     while time.monotonic() < end:
-        status = await client.workspace_execute_command_async(types.ExecuteCommandParams(command="dgemma.status"))
+        status = await client.workspace_execute_command_async(
+            types.ExecuteCommandParams(command="dgemma.status")
+        )
         if status and status.get("state") in ("ready", "failed"):
             return status
         await asyncio.sleep(0.1)
     raise TimeoutError(f"the model did not load in {timeout} s: {status}")
 
 
-def open_document(client: LanguageClient, uri: str, text: str, language: str = "python", version: int = 1) -> None:
+def open_document(
+    client: LanguageClient, uri: str, text: str, language: str = "python", version: int = 1
+) -> None:
     client.text_document_did_open(
         types.DidOpenTextDocumentParams(
             text_document=types.TextDocumentItem(uri=uri, language_id=language, version=version, text=text)
