@@ -68,6 +68,9 @@ def denoise_canvas(
     canvas = sampler.initial_canvas(batch, length, device)
     argmax = canvas
     self_conditioning = None
+    # In fp32 the sampler's probabilities are exactly softmax(processed logits): feed them back
+    # instead of recomputing the softmax (transformers casts the logits to the weight dtype first).
+    feed_probs = model.dtype == torch.float32
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     idle = frozen if frozen is not None else torch.zeros_like(finished)
     passes = torch.zeros(batch, dtype=torch.long, device=device)
@@ -75,17 +78,20 @@ def denoise_canvas(
         if stop is not None:
             stop.check()
         passes += ~(finished | idle)
-        logits = model.denoise(canvas, cache, self_conditioning)
+        if feed_probs:
+            logits = model.denoise(canvas, cache, self_conditioning_probs=self_conditioning)
+        else:
+            logits = model.denoise(canvas, cache, self_conditioning)
         result = sampler.step(canvas, logits, steps_remaining)
-        new_argmax, new_canvas, processed = result.argmax, result.canvas, result.processed_logits
-        if finished.any():  # rows that converged keep their canvas, argmax and logits
+        new_argmax, new_canvas = result.argmax, result.canvas
+        feedback = result.probs if feed_probs else result.processed_logits.to(model.dtype)
+        if finished.any():  # rows that converged keep their canvas, argmax and self-conditioning input
             keep = finished[:, None]
             new_argmax = torch.where(keep, argmax, new_argmax)
             new_canvas = torch.where(keep, canvas, new_canvas)
-            processed = torch.where(keep[..., None], self_conditioning.float(), processed)
+            feedback = torch.where(keep[..., None], self_conditioning, feedback)
         finished = finished | sampler.converged(new_argmax, result.entropy)
-        # transformers casts the processed logits to the embedding dtype before they feed back.
-        self_conditioning = processed.to(model.dtype)
+        self_conditioning = feedback
         canvas, argmax = new_canvas, new_argmax
         if on_step is not None:
             on_step(argmax)

@@ -26,7 +26,7 @@ from torch import nn
 
 from engine.config import ModelConfig
 from engine.device import check_memory
-from engine.errors import CheckpointError
+from engine.errors import CheckpointError, ConfigError
 from engine.model import DiffusionGemmaTransformer, checkpoint_name, local_name
 from engine.sampler import SamplerConfig
 from kernels.nvfp4 import NVFP4Weight, quantize_nvfp4
@@ -250,6 +250,13 @@ def load_transformer(
             hint="use the BF16 checkpoint or NVIDIA's NVFP4 one (nvidia/diffusiongemma-26B-A4B-it-NVFP4)",
         )
     stored_nvfp4 = checkpoint_quant == "NVFP4"
+    text = config.text
+    if nvfp4_experts and not stored_nvfp4 and (text.hidden_size % 16 or text.moe_intermediate_size % 16):
+        raise ConfigError(
+            f"dtype='nvfp4' quantises experts in blocks of 16, but this model's expert matrices are "
+            f"{text.moe_intermediate_size} x {text.hidden_size}",
+            hint="use dtype='bfloat16' or 'float32' for this model",
+        )
     keep_quantized = nvfp4_experts or (stored_nvfp4 and experts_on_cpu)
     expert_device = torch.device("cpu") if experts_on_cpu else device
     required = estimated_bytes(config, dtype, keep_quantized)

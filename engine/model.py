@@ -28,10 +28,7 @@ from kernels.nvfp4 import NVFP4Weight
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
     """y = x * (mean(x^2) + eps)^-1/2 [* w], computed in fp32, returned in x's dtype (3.1)."""
-    y = x.float()
-    y = y * torch.pow(y.pow(2).mean(-1, keepdim=True) + eps, -0.5)
-    if weight is not None:
-        y = y * weight.float()
+    y = F.rms_norm(x.float(), (x.shape[-1],), None if weight is None else weight.float(), eps)
     return y.type_as(x)
 
 
@@ -319,12 +316,18 @@ class DiffusionGemmaTransformer(nn.Module):
         scale = torch.tensor(self.config.hidden_size**0.5, device=weight.device).to(weight.dtype)
         return F.embedding(ids, weight) * scale
 
-    def soft_embed(self, logits: torch.Tensor) -> torch.Tensor:
-        """(softmax(logits) @ E) * sqrt(d): the self-conditioning input (3.6 step 2)."""
+    def soft_embed(
+        self, logits: torch.Tensor | None = None, probs: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(softmax(logits) @ E) * sqrt(d): the self-conditioning input (3.6 step 2).
+
+        `probs` may be passed instead when the caller already holds softmax(logits) in fp32.
+        """
         weight = self.embed_tokens.weight
-        probs = torch.softmax(logits, dim=-1, dtype=torch.float32).to(weight.dtype)
+        if probs is None:
+            probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
         scale = torch.tensor(self.config.hidden_size**0.5, device=weight.device).to(weight.dtype)
-        return (probs @ weight) * scale
+        return (probs.to(weight.dtype) @ weight) * scale
 
     def _rope(
         self, positions: torch.Tensor, dtype: torch.dtype
@@ -421,11 +424,13 @@ class DiffusionGemmaTransformer(nn.Module):
         self_conditioning_logits: torch.Tensor | None = None,
         self_conditioning_mask: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
+        self_conditioning_probs: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """One bidirectional pass over `canvas` [B, C] reading `cache`; softcapped fp32 logits [B, C, V] (3.6).
 
         `self_conditioning_logits` are the previous step's processed logits (temperature-divided,
-        softcapped); `self_conditioning_mask` [B] zeroes the signal per row (training).
+        softcapped); `self_conditioning_probs`, their fp32 softmax, may be given instead (the
+        sampler has it already); `self_conditioning_mask` [B] zeroes the signal per row (training).
         """
         batch, length = canvas.shape
         if positions is None:
@@ -437,8 +442,8 @@ class DiffusionGemmaTransformer(nn.Module):
             positions = start[:, None] + torch.arange(length, device=canvas.device)
         embeds = self.embed(canvas)
         soft = None
-        if self_conditioning_logits is not None:
-            soft = self.soft_embed(self_conditioning_logits)
+        if self_conditioning_logits is not None or self_conditioning_probs is not None:
+            soft = self.soft_embed(self_conditioning_logits, self_conditioning_probs)
             if self_conditioning_mask is not None:
                 soft = soft * self_conditioning_mask.to(soft.dtype)[:, None, None]
         x = self.self_conditioning(embeds, soft)

@@ -66,6 +66,8 @@ class RandomSource:
 class ReferenceRandom(RandomSource):
     """transformers' order on the global generator: randint, then per step multinomial + randint."""
 
+    reference = True
+
     def uniform_tokens(self, shape, vocab_size, device):
         return torch.randint(0, vocab_size, shape, device=device)
 
@@ -74,7 +76,13 @@ class ReferenceRandom(RandomSource):
 
 
 class GeneratorRandom(RandomSource):
-    """A private generator: reproducible per request, independent of other requests."""
+    """A private generator: reproducible per request, independent of other requests.
+
+    Categorical draws use the inverse CDF (one uniform number per position), exact like
+    `torch.multinomial` but without its V exponential draws per position.
+    """
+
+    reference = False
 
     def __init__(self, seed: int | None, device: torch.device | str = "cpu"):
         self.generator = torch.Generator(device=device)
@@ -87,7 +95,34 @@ class GeneratorRandom(RandomSource):
         return torch.randint(0, vocab_size, shape, device=device, generator=self.generator)
 
     def categorical(self, probs):
-        return torch.multinomial(probs, num_samples=1, generator=self.generator).squeeze(-1)
+        return inverse_cdf_sample(
+            probs, torch.rand(probs.shape[0], 1, device=probs.device, generator=self.generator)
+        )
+
+
+def inverse_cdf_sample(probs: torch.Tensor, uniform: torch.Tensor, block: int = 128) -> torch.Tensor:
+    """Exact categorical sampling with one uniform number per row [N, 1], in two levels.
+
+    A plain cumulative sum over the vocabulary is a sequential scan; summing blocks of `block`
+    probabilities first (vectorised), then scanning the block totals and one block, costs a
+    fraction of it and of `torch.multinomial`'s V exponential draws.
+    """
+    rows, vocab = probs.shape
+    if vocab % block:
+        probs = torch.nn.functional.pad(probs, (0, block - vocab % block))
+    blocks = probs.view(rows, -1, block)
+    block_mass = blocks.sum(dim=-1)  # [N, nb]
+    block_cdf = block_mass.cumsum(dim=-1)
+    target = uniform * block_cdf[:, -1:]
+    chosen = torch.searchsorted(block_cdf, target, right=True).clamp_(max=block_cdf.shape[-1] - 1)  # [N, 1]
+    before = block_cdf.gather(-1, chosen) - block_mass.gather(-1, chosen)
+    inner = blocks.gather(1, chosen[..., None].expand(-1, -1, block)).squeeze(1)  # [N, block]
+    inner_cdf = inner.cumsum(dim=-1)
+    offset = (target - before).clamp_(min=0.0)
+    index = torch.searchsorted(inner_cdf, offset, right=True).clamp_(max=block - 1)
+    # Rounding can land on a zero-probability slot at the end of a block: step back to the last non-zero one.
+    index = torch.where(inner.gather(-1, index) > 0, index, (inner > 0).cumsum(-1).argmax(-1, keepdim=True))
+    return (chosen * block + index).squeeze(-1).clamp_(max=vocab - 1)
 
 
 @dataclass
@@ -95,6 +130,7 @@ class StepResult:
     canvas: torch.Tensor  # [B, C] the next canvas (accepted samples + fresh noise)
     argmax: torch.Tensor  # [B, C] argmax of the processed logits
     processed_logits: torch.Tensor  # [B, C, V] temperature-divided logits (feed self-conditioning)
+    probs: torch.Tensor  # [B, C, V] fp32 softmax of the processed logits
     entropy: torch.Tensor  # [B, C] per-position entropy of the processed distribution, nats
     accepted: torch.Tensor  # [B, C] bool
 
@@ -129,15 +165,24 @@ class EntropyBoundSampler:
         batch, length, vocab = logits.shape
         processed = logits / self.config.temperature(steps_remaining)
         probs = torch.softmax(processed, dim=-1)
-        log_probs = torch.log(probs)
+        if getattr(self.random, "reference", False):
+            # transformers' exact arithmetic: Categorical(logits).entropy() and a separate argmax.
+            normalized = processed - processed.logsumexp(dim=-1, keepdim=True)
+            entropy = -(
+                normalized.clamp(min=torch.finfo(normalized.dtype).min) * torch.softmax(normalized, -1)
+            ).sum(-1)
+            argmax = processed.argmax(dim=-1)
+        else:
+            # One pass fewer: with m = max(x), Z = 1 / p_max, so H = m - log p_max - sum p x.
+            p_max, argmax = probs.max(dim=-1)
+            top = processed.gather(-1, argmax[..., None]).squeeze(-1)
+            expected = torch.matmul(probs[..., None, :], processed[..., :, None]).reshape(batch, length)
+            entropy = (top - torch.log(p_max) - expected).clamp_(min=0.0)
         draw = self.random.categorical(probs.view(-1, vocab)).view(batch, length)
-        argmax = processed.argmax(dim=-1)
-        # Categorical.entropy(): -(p * log p) summed, with 0 * log 0 taken as 0.
-        entropy = -(probs * log_probs.clamp(min=torch.finfo(log_probs.dtype).min)).sum(-1)
         accepted = entropy_bound_acceptance(entropy, self.config.entropy_bound)
         noise = self.random.uniform_tokens((batch, length), self.vocab_size, canvas.device)
         next_canvas = torch.where(accepted, draw, noise)
-        return StepResult(next_canvas, argmax, processed, entropy, accepted)
+        return StepResult(next_canvas, argmax, processed, probs, entropy, accepted)
 
     def converged(self, argmax: torch.Tensor, entropy: torch.Tensor) -> torch.Tensor:
         """Per row: argmax equal to the previous `stability_threshold` argmaxes and mean entropy low."""
