@@ -104,6 +104,7 @@ class DiffusionGemmaModel:
         if config.cpu_offload_unused_experts:
             transformer.offload_experts_to_cpu(device)
         transformer.eval()
+        transformer.prepare_for_inference()
         return cls(
             transformer,
             tokenizer,

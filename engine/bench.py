@@ -210,6 +210,8 @@ def run_real_shapes(args: argparse.Namespace) -> int:
         text.num_hidden_layers = args.layers_override
         text.layer_types = text.layer_types[: args.layers_override]
         text.layer_types[-1] = FULL
+    if args.vocab_override:
+        text.vocab_size = args.vocab_override
     started = time.perf_counter()
     with torch.device("meta"):
         model = DiffusionGemmaTransformer(text).to(dtype)
@@ -301,6 +303,9 @@ def register(subparsers) -> None:
     p.add_argument("--no-transformers", action="store_true", help="time ours only")
     p.add_argument("--shapes", choices=["small", "26b-a4b"], default="small")
     p.add_argument("--layers-override", type=int, default=None, help="with --shapes 26b-a4b: fewer layers")
+    p.add_argument(
+        "--vocab-override", type=int, default=None, help="with --shapes 26b-a4b: smaller vocabulary"
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"])
     p.set_defaults(func=cmd_bench)

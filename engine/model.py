@@ -42,6 +42,18 @@ class RMSNorm(nn.Module):
         return rms_norm(x, self.weight, self.eps)
 
 
+def fuse_linears(linears: list[nn.Linear]) -> torch.Tensor:
+    """One [sum(out), in] weight for projections of the same input; each Linear keeps a view into it
+    (no second copy), so loading, saving and `state_dict` see the usual names."""
+    fused = torch.cat([linear.weight.detach() for linear in linears])
+    start = 0
+    for linear in linears:
+        rows = linear.weight.shape[0]
+        linear.weight.data = fused[start : start + rows]
+        start += rows
+    return fused
+
+
 def rope_inverse_frequencies(config: TextConfig, kind: str) -> torch.Tensor:
     """Inverse frequencies for a layer kind (3.2); proportional RoPE zeroes all but a fraction."""
     params = config.rope_parameters[kind]
@@ -96,6 +108,11 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
         self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
         self.slice_size: int | None = None
+        self.fused: torch.Tensor | None = None  # q|k|v weights in one matrix, set for inference
+
+    def fuse(self) -> None:
+        projections = [self.q_proj, self.k_proj] + ([self.v_proj] if self.v_proj is not None else [])
+        self.fused = fuse_linears(projections)
 
     def forward(
         self,
@@ -109,10 +126,18 @@ class Attention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Returns the projected output and this pass's own K/V [B, Hkv, T, D] (for the cache)."""
         batch, tokens, _ = h.shape
-        q = self.q_norm(self.q_proj(h).view(batch, tokens, self.num_heads, self.head_dim))
+        q_dim, kv_dim = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        if self.fused is not None:
+            projected = F.linear(h, self.fused)
+            q_flat, k_flat = projected[..., :q_dim], projected[..., q_dim : q_dim + kv_dim]
+            v_flat = projected[..., q_dim + kv_dim :] if self.sliding else None
+        else:
+            q_flat, k_flat = self.q_proj(h), self.k_proj(h)
+            v_flat = self.v_proj(h) if self.sliding else None
+        q = self.q_norm(q_flat.reshape(batch, tokens, self.num_heads, self.head_dim))
         q = apply_rope(q, cos, sin).transpose(1, 2)
-        k_raw = self.k_proj(h).view(batch, tokens, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(h).view(batch, tokens, self.num_kv_heads, self.head_dim) if self.sliding else k_raw
+        k_raw = k_flat.reshape(batch, tokens, self.num_kv_heads, self.head_dim)
+        v = v_flat.reshape(batch, tokens, self.num_kv_heads, self.head_dim) if self.sliding else k_raw
         k = apply_rope(self.k_norm(k_raw), cos, sin).transpose(1, 2)
         v = rms_norm(v, None, self.eps).transpose(1, 2)
         keys = k if past_key is None else torch.cat([past_key, k], dim=2)
@@ -128,9 +153,17 @@ class GatedMLP(nn.Module):
         self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
         self.up_proj = nn.Linear(hidden, intermediate, bias=False)
         self.down_proj = nn.Linear(intermediate, hidden, bias=False)
+        self.fused: torch.Tensor | None = None
+
+    def fuse(self) -> None:
+        self.fused = fuse_linears([self.gate_proj, self.up_proj])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x))
+        if self.fused is not None:
+            gate, up = F.linear(x, self.fused).chunk(2, dim=-1)
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        return self.down_proj(F.gelu(gate, approximate="tanh") * up)
 
 
 class Router(nn.Module):
@@ -168,6 +201,12 @@ class Experts(nn.Module):
         # Set by `offload_to_cpu`: the compute device routed experts are copied to.
         self.offload_device: torch.device | None = None
         self.fetched: list[int] = []  # experts copied to the device by the last call (offload mode)
+
+    def prepare_for_inference(self) -> None:
+        """Store the stacked experts transposed ([E, in, out] in memory), as batched matmul wants them."""
+        if self.quantized is None and self.offload_device is None and self.gate_up_proj.numel():
+            self.gate_up_proj.data = self.gate_up_proj.data.transpose(1, 2).contiguous().transpose(1, 2)
+            self.down_proj.data = self.down_proj.data.transpose(1, 2).contiguous().transpose(1, 2)
 
     @property
     def compute_dtype(self) -> torch.dtype:
@@ -252,12 +291,20 @@ class SelfConditioning(nn.Module):
         self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
         self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.fused: torch.Tensor | None = None
+
+    def fuse(self) -> None:
+        self.fused = fuse_linears([self.gate_proj, self.up_proj])
 
     def forward(self, embeds: torch.Tensor, soft_embeds: torch.Tensor | None) -> torch.Tensor:
         if soft_embeds is None:  # first step: u = 0 gives g = 0 exactly
             return rms_norm(embeds, None, self.eps)
         n = self.pre_norm(soft_embeds)
-        signal = self.down_proj(F.gelu(self.gate_proj(n), approximate="tanh") * self.up_proj(n))
+        if self.fused is not None:
+            gate, up = F.linear(n, self.fused).chunk(2, dim=-1)
+        else:
+            gate, up = self.gate_proj(n), self.up_proj(n)
+        signal = self.down_proj(F.gelu(gate, approximate="tanh") * up)
         return rms_norm(embeds + signal, None, self.eps)
 
 
@@ -275,6 +322,15 @@ class DiffusionGemmaTransformer(nn.Module):
             self.register_buffer(f"inv_freq_{kind}", rope_inverse_frequencies(config, kind), persistent=False)
         # Committed keys a sliding layer shows the canvas (3.8): HF's default path keeps window - 1.
         self.sliding_window_retention = config.sliding_window - 1
+
+    def prepare_for_inference(self) -> None:
+        """Fuse projections that share an input and lay experts out for batched matmul (inference only)."""
+        self.requires_grad_(False)
+        for layer in self.layers:
+            layer.self_attn.fuse()
+            layer.mlp.fuse()
+            layer.experts.prepare_for_inference()
+        self.self_conditioning.fuse()
 
     def reset_buffers(self) -> None:
         """Recompute the RoPE tables (after `to_empty` or a device move from the meta device)."""
@@ -478,7 +534,9 @@ class DiffusionGemmaTransformer(nn.Module):
         """Tied output projection, fp32, softcapped: 30 tanh(l / 30) (3.6 step 6)."""
         logits = F.linear(hidden, self.embed_tokens.weight).float()
         cap = self.config.final_logit_softcapping
-        return torch.tanh(logits / cap) * cap
+        if torch.is_grad_enabled():
+            return torch.tanh(logits / cap) * cap
+        return logits.div_(cap).tanh_().mul_(cap)  # in place: three passes over [B, C, V], no copies
 
     # ---- memory options --------------------------------------------------------------------------
 

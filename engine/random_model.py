@@ -122,7 +122,15 @@ def train_tokenizer(
 def write_tokenizer(folder: Path, tokenizer: HFTokenizer, chat_template: str | None = CHAT_TEMPLATE) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer.save(str(folder / "tokenizer.json"))
-    config = {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>"}
+    # An explicit class: transformers' AutoTokenizer would otherwise pick the Gemma tokenizer from
+    # config.json's model type and rebuild a SentencePiece-style pipeline over this byte-level BPE.
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": "<bos>",
+        "eos_token": "<eos>",
+        "pad_token": "<pad>",
+        "unk_token": "<unk>",
+    }
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     if chat_template:
         (folder / "chat_template.jinja").write_text(chat_template, encoding="utf-8")

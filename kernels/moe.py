@@ -66,10 +66,13 @@ def moe_grouped(
         rank = torch.arange(tokens * k, device=x.device) - starts[sorted_expert]
         padded = x.new_zeros(len(used), max_count, x.shape[-1])
         padded[group, rank] = xs
-        if len(used) < gate_up_all.shape[0]:
-            gate_up_all, down_all = gate_up_all[index], down_all[index]
-        gate, up = torch.bmm(padded, gate_up_all.transpose(1, 2)).chunk(2, dim=-1)
-        y = torch.bmm(F.gelu(gate, approximate="tanh") * up, down_all.transpose(1, 2))[group, rank]
+        # [E, d, 2I] and [E, I, d]: contiguous when the experts are stored transposed (see
+        # `Experts.prepare_for_inference`), the layout batched matmul reads fastest.
+        gate_up_t, down_t = gate_up_all.transpose(1, 2), down_all.transpose(1, 2)
+        if len(used) < gate_up_t.shape[0]:
+            gate_up_t, down_t = gate_up_t[index], down_t[index]
+        gate, up = torch.bmm(padded, gate_up_t).chunk(2, dim=-1)
+        y = torch.bmm(F.gelu(gate, approximate="tanh") * up, down_t)[group, rank]
     else:
         pieces = []
         start = 0

@@ -222,3 +222,19 @@ def test_out_of_memory_while_generating_suggests_remedies(tiny_checkpoint, monke
     with pytest.raises(OutOfMemoryError, match="nvfp4") as info:
         model.generate("x", max_tokens=4)
     assert "attention_slicing" in str(info.value) and "cpu_offload_unused_experts" in str(info.value)
+
+
+def test_tokenization_and_chat_template_match_transformers(model, tiny_checkpoint):
+    transformers = pytest.importorskip("transformers", minversion="5.11")
+    hf = transformers.AutoTokenizer.from_pretrained(tiny_checkpoint)
+    text = "def f(x):\n    return x  # ünïcode\n"
+    assert model.tokenizer.encode(text) == hf(text)["input_ids"]
+    messages = [
+        {"role": "system", "content": "Be terse."},
+        {"role": "user", "content": "Sort a list."},
+        {"role": "assistant", "content": "sorted(xs)"},
+        {"role": "user", "content": "In place?"},
+    ]
+    expected = hf.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+    expected = expected["input_ids"] if isinstance(expected, dict) or hasattr(expected, "keys") else expected
+    assert model.chat_prompt_ids(messages) == list(expected)
