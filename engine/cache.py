@@ -112,9 +112,11 @@ class KVCache:
         )
 
     def crop(self, length: int) -> None:
-        """Keep the first `length` cached tokens (prefix reuse across requests)."""
-        if length == self.length:
-            return
+        """Keep the first `length` cached tokens (prefix reuse across requests).
+
+        Layers are sliced even when the bookkeeping already says `length`: a pass that failed
+        half-way (out of memory, say) may have appended to some layers only.
+        """
         for layer in range(len(self.sliding)):
             if self.keys[layer] is None:
                 continue

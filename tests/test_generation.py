@@ -106,3 +106,23 @@ def test_a_past_deadline_raises_deadline_exceeded(tiny_checkpoint):
     model = DiffusionGemmaModel.from_pretrained(tiny_checkpoint, config=DiffusionConfig(dtype="float32"))
     with pytest.raises(DeadlineExceeded):
         list(model.generate_stream("def f():", max_tokens=16, deadline=time.monotonic() - 1))
+
+
+def test_a_failed_pass_leaves_no_half_written_cache(tiny_checkpoint, monkeypatch):
+    model = DiffusionGemmaModel.from_pretrained(
+        tiny_checkpoint, config=DiffusionConfig(dtype="float32", seed=6)
+    )
+    expected = model.generate("def g(y):", max_tokens=16, num_diffusion_steps=2)
+    layer = model.transformer.layers[3]
+    original = layer.forward
+
+    def fail_once(*args, **kwargs):
+        monkeypatch.setattr(layer, "forward", original)
+        raise torch.OutOfMemoryError("out of memory")
+
+    monkeypatch.setattr(layer, "forward", fail_once)
+    with pytest.raises(Exception, match="out of memory"):
+        model.generate(
+            "def g(y): return", max_tokens=16, num_diffusion_steps=2
+        )  # dies in layer 3 of the prompt pass
+    assert model.generate("def g(y):", max_tokens=16, num_diffusion_steps=2) == expected
