@@ -1,10 +1,8 @@
-"""Shared set-up of the editor tests: the real `dgemma-lsp`, the model it serves, the editors.
+"""Shared set-up of the editor tests: the real `dgemma-lsp`, the model it serves (chosen by
+`DGEMMA_TEST_MODEL`, see tests/editors/models.py), the editors.
 
-The model is chosen by `DGEMMA_TEST_MODEL`: `embedded` (the model shipped in the package), a
-checkpoint folder, or unset = the embedded model when it is installed, else a tiny random
-checkpoint written for the session. The tests assert editor behaviour (ghost text shown, Tab
-inserts what the server sent, a code action's edit applied and the file still parsing), never the
-quality of a suggestion, so any model will do; a fixed `seed` makes the server's answers repeatable.
+The tests assert editor behaviour (ghost text shown, Tab inserts what the server sent, a code
+action's edit applied and the file still parsing), never the quality of a suggestion.
 """
 
 from __future__ import annotations
@@ -14,10 +12,12 @@ import re
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.editors.models import EditorModel, ModelError, resolve_test_model
+from tests.editors.samples import SAMPLE_PY  # noqa: F401 (re-exported for the tests)
 
 REPO = Path(__file__).resolve().parents[2]
 TOOLS = Path(os.environ.get("DGEMMA_EDITOR_TOOLS", REPO / ".editor-tools"))
@@ -25,52 +25,12 @@ NEOVIM_PLUGIN = REPO / "editors" / "neovim"
 HERE = Path(__file__).resolve().parent
 
 
-@dataclass(frozen=True)
-class TestModel:
-    name: str  # for messages: "embedded", "tiny random", or the folder
-    settings: dict  # the `dgemma` settings the editors pass to the server
-
-
-def embedded_model_installed() -> bool:
-    from engine.loading import EMBEDDED_MODEL_DIR
-
-    return (EMBEDDED_MODEL_DIR / "config.json").is_file()
-
-
-def model_settings(model: str | None, tiny: bool) -> dict:
-    settings: dict = {
-        "device": "cpu",
-        "seed": 0,  # repeatable suggestions
-        # Generous budgets: the test machine is small and shared; late suggestions are dropped.
-        "deadlineMs": 30_000,
-        "actionDeadlineMs": 180_000,
-    }
-    if model is not None:
-        settings["model"] = model
-    if tiny:
-        # A random model's answers rarely parse: code actions try more seeds (as tests/lsp does).
-        settings.update({"dtype": "float32", "steps": 4, "actionAttempts": 8})
-    return settings
-
-
 @pytest.fixture(scope="session")
-def test_model(tmp_path_factory: pytest.TempPathFactory) -> TestModel:
-    choice = os.environ.get("DGEMMA_TEST_MODEL", "").strip()
-    if choice == "embedded" or (not choice and embedded_model_installed()):
-        if not embedded_model_installed():
-            pytest.fail("DGEMMA_TEST_MODEL=embedded but the embedded model is not installed")
-        return TestModel("embedded", model_settings(None, tiny=False))
-    if choice:
-        folder = Path(choice).expanduser().resolve()
-        if not (folder / "config.json").is_file():
-            pytest.fail(f"DGEMMA_TEST_MODEL={choice}: no config.json in {folder}")
-        return TestModel(str(folder), model_settings(str(folder), tiny="tiny" in folder.name))
-    from engine.random_model import write_random_checkpoint
-
-    folder = write_random_checkpoint(
-        tmp_path_factory.mktemp("editors") / "tiny-model", canvas_length=64, seed=0
-    )
-    return TestModel("tiny random", model_settings(str(folder), tiny=True))
+def test_model(tmp_path_factory: pytest.TempPathFactory) -> EditorModel:
+    try:
+        return resolve_test_model(tmp_path_factory.mktemp("editors"))
+    except ModelError as error:
+        pytest.fail(str(error))
 
 
 def server_command() -> list[str]:
@@ -129,18 +89,3 @@ def find_nvim012() -> str | None:
             if version and version >= (0, 12, 0):
                 return candidate
     return None
-
-
-SAMPLE_PY = '''import math
-
-
-def area(radius):
-    """Area of a circle."""
-    return math.pi * radius ** 2
-
-
-def describe(shape):
-    name = shape.kind.title()
-    size = round(shape.size, 2)
-    return f"{name} of size {size}"
-'''
