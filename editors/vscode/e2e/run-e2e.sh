@@ -70,6 +70,8 @@ settings.update({
     "files.autoSave": "off",  # VS Code for the Web saves after a delay by default
     "update.mode": "none",
     "chat.disableAIFeatures": True,
+    "git.enabled": False,
+    "git.openRepositoryInParentFolders": "never",
 })
 json.dump(settings, open(out, "w"), indent=2)
 PYEOF

@@ -66,6 +66,11 @@ async function runCommand(label) {
   await sleep(300);
 }
 
+async function clickEditor() {
+  await page.waitForSelector('.editor-instance .monaco-editor .view-lines', { visible: true, timeout: 15000 });
+  await page.click('.editor-instance .monaco-editor .view-lines');
+}
+
 async function openFile(name) {
   const active = () =>
     page.$eval('.tab.active', (e) => e.textContent).then((t) => t.includes(name)).catch(() => false);
@@ -87,7 +92,7 @@ async function openFile(name) {
     await waitFor(active, 10000, `editor tab ${name}`).catch(() => page.keyboard.press('Escape'));
   }
   await waitFor(active, 1000, `editor tab ${name}`);
-  await page.click('.editor-instance .monaco-editor .view-lines');
+  await clickEditor();
 }
 
 async function goTo(line, character) {
@@ -180,7 +185,7 @@ try {
   log('toggle ok');
 
   // 3. Type at the end of a cut-short line; ghost text appears; Tab accepts exactly the server's item.
-  await page.click('.editor-instance .monaco-editor .view-lines');
+  await clickEditor();
   let shown = null;
   const typingFile = path.join(ws, 'typing.py');
   // What the document holds as we type (VS Code for the Web would auto-save; it is set off).
