@@ -25,7 +25,7 @@ KIND_PLACEHOLDERS = "refactor.rewrite.fillPlaceholders"
 KIND_REWRITE = "refactor.rewrite.selection"
 KINDS = (KIND_IMPLEMENT, KIND_DOCSTRING, KIND_PLACEHOLDERS, KIND_REWRITE)
 
-ATTEMPTS = 3  # seeds tried before an action gives up
+ATTEMPTS = 3  # seeds tried before an action gives up (setting `actionAttempts`)
 MAX_BODY_LINES = 60
 MAX_DOC_LINES = 12
 
@@ -80,9 +80,10 @@ def find_actions(text: str, grammar: str | None, tree, start: int, end: int) -> 
     found: list[Candidate] = []
     if tree is not None and grammar is not None:
         spec = syntax.SPECS[grammar]
-        byte = len(syntax.encode(text[:start]))
-        functions = [n for n in syntax.enclosing(tree, max(byte, 1), spec.functions) if _named_function(n)]
-        definitions = syntax.enclosing(tree, max(byte, 1), spec.functions | spec.classes)
+        functions = [
+            n for n in _enclosing_at(text, grammar, tree, start, spec.functions) if _named_function(n)
+        ]
+        definitions = _enclosing_at(text, grammar, tree, start, spec.functions | spec.classes)
         if functions:
             function = functions[-1]
             name = syntax.name_of(function) or "function"
@@ -127,6 +128,61 @@ def find_actions(text: str, grammar: str | None, tree, start: int, end: int) -> 
             )
         )
     return found
+
+
+def _enclosing_at(text: str, grammar: str, tree, offset: int, kinds: frozenset[str]) -> list:
+    """Nodes of `kinds` around the cursor, outermost first. The cursor may sit just after a
+    header (`def f():|`), and in Python on a comment-only body line, which tree-sitter attaches
+    outside the function."""
+    byte = _byte(text, offset)
+    chain = syntax.enclosing(tree, byte, kinds)
+    if byte > 0:
+        node = tree.root_node.descendant_for_byte_range(byte - 1, byte)
+        before = []
+        while node is not None:
+            if node.type in kinds:
+                before.append(node)
+            node = node.parent
+        before.reverse()
+        if len(before) > len(chain):
+            chain = before
+    if grammar == "python":
+        owner = _python_owner(text, tree, offset, kinds)
+        if owner is not None and all(owner.id != node.id for node in chain):
+            chain = [node for node in chain if node.start_byte < owner.start_byte] + [owner]
+    return chain
+
+
+def _python_owner(text: str, tree, offset: int, kinds: frozenset[str]):
+    """The definition whose indented body holds the cursor line, found from the lines above."""
+    line_start, line_end = line_bounds(text, offset)
+    line = text[line_start:line_end]
+    width = indent_width(leading_ws(line)) if line.strip() else 10**6
+    cursor = line_start
+    while cursor > 0:
+        start, end = line_bounds(text, cursor - 1)
+        above = text[start:end]
+        cursor = start
+        if not above.strip():
+            continue
+        above_width = indent_width(leading_ws(above))
+        if above_width >= width:
+            continue
+        stripped = above.strip()
+        if stripped.startswith(("def ", "async def ", "class ")):
+            node = tree.root_node.descendant_for_byte_range(
+                _byte(text, start) + len(leading_ws(above)), _byte(text, end)
+            )
+            while node is not None and node.type not in kinds:
+                node = node.parent
+            if node is None:
+                return None
+            body = _python_body(text, node)
+            return node if body is not None and offset <= max(body.end, body.header_line_end) else None
+        width = above_width
+        if above_width == 0:
+            return None
+    return None
 
 
 def _named_function(node) -> bool:
@@ -372,6 +428,7 @@ def compute(
     canvas_length: int,
     budget: int,
     path: str | None = None,
+    attempts: int = ATTEMPTS,
 ) -> list[Edit]:
     """The edits for a candidate (on `text`, whose tree is `tree`). Raises ActionError."""
     unit = detect_indent_unit(text)
@@ -395,7 +452,7 @@ def compute(
 
     edits: list[Edit] = []
     for job in jobs:
-        edit = _fill(job, text, edits, grammar, infill, count, budget, path)
+        edit = _fill(job, text, edits, grammar, infill, count, budget, path, attempts)
         if edit is not None:
             edits.append(edit)
     if not edits:
@@ -432,6 +489,7 @@ def _fill(
     count: Callable[[str], int],
     budget: int,
     path: str | None,
+    attempts: int = ATTEMPTS,
 ) -> Edit | None:
     """Fill one hole (after the previous fills), trying a few seeds; None when nothing valid came."""
     working = apply_edits(text, done)
@@ -440,7 +498,7 @@ def _fill(
     prefix_text = working[:start] + job.prefix
     suffix_text = job.suffix + working[end:]
     prefix, suffix = window(prefix_text, suffix_text, budget, count)
-    for seed in range(ATTEMPTS):
+    for seed in range(attempts):
         request = InfillRequest(
             prefix=prefix,
             suffix=suffix,

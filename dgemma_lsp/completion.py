@@ -216,6 +216,7 @@ class Completer:
             snippets=context.snippets,
             max_tokens=decision.canvas_tokens,
             num_diffusion_steps=settings.steps,
+            seed=settings.seed,
         )
         hole = make_hole(text, offset, decision, self.indent_unit(document))
         plan = Plan(

@@ -635,6 +635,7 @@ async def compute_action(ls: DgemmaServer, data: Any) -> tuple[types.WorkspaceEd
         backend.canvas_length,
         ls.settings.context_budget,
         document.path,
+        ls.settings.action_attempts,
     )
     try:
         edits = await asyncio.get_running_loop().run_in_executor(ls.model_executor, work)

@@ -17,7 +17,7 @@ SECTION = "dgemma"
 # Mirrors engine.config.DEVICES / DTYPES; kept here so settings load without the engine.
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16", "nvfp4")
-BACKENDS = ("engine", "http")
+BACKENDS = ("engine", "openai", "http")
 
 
 class Settings(BaseModel):
@@ -32,14 +32,31 @@ class Settings(BaseModel):
     )
 
     enabled: bool = Field(True, description="Serve suggestions at all.")
-    backend: Literal["engine", "http"] = Field(
+    backend: Literal["engine", "openai", "http"] = Field(
         "engine",
-        description="`engine`: the in-process engine; `http`: a remote dgemma/OpenAI-compatible server.",
+        description="`engine`: the in-process engine; `openai` (alias `http`): a remote OpenAI-compatible "
+        "server (`dgemma serve`, vLLM or SGLang serving DiffusionGemma) at `endpoint`.",
     )
     model: str | None = Field(
-        None, description="Checkpoint folder or hub id for the in-process engine; empty = the embedded model."
+        None,
+        description="Checkpoint folder or hub id for the in-process engine; empty = the embedded model. "
+        "With backend `openai`: the served model name; empty = the first one in `/v1/models`.",
     )
-    endpoint: str | None = Field(None, description="Base URL of the remote server (backend `http`).")
+    endpoint: str | None = Field(
+        None, description="Base URL of the remote server, e.g. `http://gpu-box:8000/v1` (backend `openai`)."
+    )
+    api_key_env: str | None = Field(
+        None, description="Environment variable holding the remote server's API key (sent as a Bearer token)."
+    )
+    remote_mode: Literal["auto", "completions", "chat"] = Field(
+        "auto",
+        description="How holes go to the remote server: `completions` (`/v1/completions` with `suffix`), "
+        "`chat` (`/v1/chat/completions` with a hole-filling prompt, for vLLM/SGLang), `auto`: "
+        "`completions` for a `dgemma serve` endpoint, `chat` otherwise.",
+    )
+    connect_timeout_ms: int = Field(
+        2000, ge=50, le=60_000, description="Time to connect to the remote server before giving up."
+    )
     device: str = Field("auto", description="`auto`, `cpu`, `cuda`, `cuda:N` or `mps`.")
     dtype: Literal["auto", "float32", "bfloat16", "float16", "nvfp4"] = Field(
         "auto", description="Weight dtype."
@@ -47,11 +64,17 @@ class Settings(BaseModel):
     steps: int | None = Field(
         None, ge=1, le=256, description="Denoising steps per canvas; empty = the model's default."
     )
+    seed: int | None = Field(
+        None, description="Seed of the sampler, for reproducible suggestions; empty = a new draw each time."
+    )
     max_lines: int = Field(8, ge=1, le=200, description="Most lines in a multi-line suggestion.")
     single_line_tokens: int = Field(24, ge=4, le=1024, description="Canvas length for a single-line hole.")
     multi_line_tokens: int = Field(64, ge=8, le=4096, description="Canvas length for a multi-line hole.")
     deadline_ms: int = Field(
         1500, ge=50, le=120_000, description="Time budget of one inline suggestion; late ones are dropped."
+    )
+    action_attempts: int = Field(
+        3, ge=1, le=16, description="Answers (seeds) a code action tries before giving up on valid code."
     )
     action_deadline_ms: int = Field(30_000, ge=500, le=600_000, description="Time budget of one code action.")
     context_budget: int = Field(
@@ -96,7 +119,16 @@ class Settings(BaseModel):
 
     def backend_key(self) -> tuple:
         """Settings whose change needs a new backend (a model reload)."""
-        return (self.backend, self.model, self.endpoint, self.device, self.dtype)
+        return (
+            self.backend,
+            self.model,
+            self.endpoint,
+            self.device,
+            self.dtype,
+            self.api_key_env,
+            self.remote_mode,
+            self.connect_timeout_ms,
+        )
 
 
 FIELD_NAMES = set(Settings.model_fields) | {to_camel(name) for name in Settings.model_fields}
@@ -132,7 +164,7 @@ def parse_settings(*payloads: Any, base: Settings | None = None) -> tuple[Settin
             if key not in FIELD_NAMES:
                 problems.append(f"unknown setting {SECTION}.{key} ignored")
                 continue
-            if value is None and key not in {"model", "endpoint", "steps"}:
+            if value is None and key not in {"model", "endpoint", "steps", "seed"}:
                 continue
             merged[_snake(key)] = value
     for _ in range(len(Settings.model_fields) + 1):

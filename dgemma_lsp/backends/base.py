@@ -21,6 +21,7 @@ from engine.requests import InfillRequest, InfillResult
 BACKENDS = {
     "engine": "dgemma_lsp.backends.engine:EngineBackend",
     "http": "dgemma_lsp.backends.http:HttpBackend",
+    "openai": "dgemma_lsp.backends.http:HttpBackend",
 }
 
 ProgressCallback = Callable[[str, int | None], None]  # (message, percentage)

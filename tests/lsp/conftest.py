@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import pytest_lsp
 from lsprotocol import types
 from pygls.protocol import default_converter
 from pytest_lsp import ClientServerConfig, LanguageClient, client_capabilities
@@ -69,7 +70,17 @@ def lsp_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def init_options(model: Path, **settings) -> dict:
-    return {"dgemma": {"model": str(model), "device": "cpu", "dtype": "float32", "steps": 4, **settings}}
+    """Settings for the tiny random model: code actions try more seeds, as its answers rarely parse."""
+    defaults = {"model": str(model), "device": "cpu", "dtype": "float32", "steps": 4, "actionAttempts": 8}
+    return {"dgemma": {**defaults, **settings}}
+
+
+@pytest_lsp.fixture(config=SERVER)
+async def fresh_client(lsp_client: LanguageClient):
+    """A started server that the test initializes itself (own capabilities and settings)."""
+    yield
+    if lsp_client.capabilities is not None and lsp_client.error is None:
+        await lsp_client.shutdown_session()
 
 
 def add_client_handlers(client: LanguageClient) -> None:
@@ -85,7 +96,8 @@ def add_client_handlers(client: LanguageClient) -> None:
 
     @client.feature("dgemma/status")
     def status(ls: LanguageClient, params) -> None:
-        ls.statuses.append(params)  # type: ignore[attr-defined]
+        state = params.get("state") if isinstance(params, dict) else getattr(params, "state", None)
+        ls.statuses.append(state)  # type: ignore[attr-defined]
 
     @client.feature(types.WORKSPACE_APPLY_EDIT)
     def apply_edit(
@@ -120,6 +132,15 @@ async def wait_until_ready(client: LanguageClient, timeout: float = 60.0) -> dic
             return status
         await asyncio.sleep(0.1)
     raise TimeoutError(f"the model did not load in {timeout} s: {status}")
+
+
+async def raw_request(client: LanguageClient, method: str, params) -> object:
+    """Send a request and return the JSON result unparsed (lsprotocol's client-side hook reads any
+    code action that carries a `command` as a bare Command, losing its kind)."""
+    msg_id = f"raw-{time.monotonic_ns()}"
+    future = client.protocol.send_request(method, params, msg_id=msg_id)
+    client.protocol._result_types[msg_id] = None
+    return await asyncio.wrap_future(future)
 
 
 def open_document(

@@ -11,7 +11,7 @@ from dgemma_lsp.positions import Encoding, LineIndex, code_units, column_to_inde
 
 # Text with the characters that make encodings differ: ASCII, 2- and 3-byte UTF-8, astral
 # (surrogate pairs in UTF-16) and every kind of line ending.
-ALPHABET = st.sampled_from(list("ab \t(") + ["é", "€", "中", "😋", "𝕏", "\n", "\r\n", "\r"])
+ALPHABET = st.sampled_from([*"ab \t(", "é", "€", "中", "😋", "𝕏", "\n", "\r\n", "\r"])
 TEXTS = st.lists(ALPHABET, max_size=40).map("".join)
 ENCODINGS = st.sampled_from(list(Encoding))
 
