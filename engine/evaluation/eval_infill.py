@@ -17,7 +17,7 @@ Scores per task:
 - **parses**: the completed file `prompt + prediction + suffix` parses with `ast.parse` (this
   interpreter's grammar).
 - **pass@1**: only for tasks with a non-empty `test`: `prompt + prediction + suffix`, then `test`,
-  then `check(entry_point)`, run once in the sandbox (engine/evaluation/sandbox.py); it passes
+  then `check(entry_point)` (OpenAI's layout), run once in the sandbox (engine/evaluation/sandbox.py); it passes
   when the program exits with status 0 before the timeout.
 - **latency**: wall-clock seconds of the predictor call.
 """
@@ -127,7 +127,8 @@ def parses(source: str) -> bool:
 
 
 def test_program(task: InfillTask, middle: str) -> str:
-    return f"{task.prompt}{middle}{task.suffix}\n\n{task.test}\n\ncheck({task.entry_point})\n"
+    """The program pass@1 runs: the layout of OpenAI's human-eval-infilling harness."""
+    return f"{task.prompt}{middle}{task.suffix}\n{task.test}\ncheck({task.entry_point})\n"
 
 
 # ---- baselines -------------------------------------------------------------------------------

@@ -30,6 +30,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     tokenizer.add_argument("--out", required=True, help="output folder")
     tokenizer.set_defaults(func=run_train_tokenizer)
 
+    train = subparsers.add_parser(
+        "train",
+        help="train a DiffusionGemma-architecture code model on the corpus (uniform-state block diffusion)",
+        description="Seeded and resumable; see engine/training/train.py for the objective.",
+    )
+    from engine.training.train import add_arguments
+
+    add_arguments(train)
+    train.set_defaults(func=run_train)
+
+    ship = subparsers.add_parser(
+        "ship-model",
+        help="copy a trained checkpoint into engine/embedded (bfloat16 weights)",
+        description="Writes config.json, generation_config.json, tokenizer files and bfloat16 weights.",
+    )
+    ship.add_argument("--model", required=True, help="the trained checkpoint folder (e.g. RUN_DIR/model)")
+    ship.add_argument("--out", default=None, help="destination (default: the package's engine/embedded)")
+    ship.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    ship.set_defaults(func=run_ship)
+
 
 def run_corpus(args: argparse.Namespace) -> int:
     from engine.training.corpus import (
@@ -63,3 +83,28 @@ def run_train_tokenizer(args: argparse.Namespace) -> int:
     path = save_tokenizer(tokenizer, Path(args.out))
     print(f"{path}: vocabulary {tokenizer.get_vocab_size()} from {len(texts)} files")
     return 0
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from engine.training.train import Trainer, config_from_args
+
+    config = config_from_args(args)
+    trainer = Trainer(config)
+    params = sum(p.numel() for p in trainer.model.parameters())
+    print(
+        f"model: {config.preset}, {params / 1e6:.1f}M parameters, vocabulary {trainer.text_config.vocab_size}; "
+        f"{trainer.corpus_summary['train_files']} training files; device {trainer.device}; "
+        f"starting at step {trainer.step} of {config.steps}",
+        flush=True,
+    )
+    folder = trainer.run()
+    print(f"model written to {folder}")
+    return 0
+
+
+def run_ship(args: argparse.Namespace) -> int:
+    from engine.training.ship import run_ship as ship
+
+    if args.out is None:
+        args.out = str(Path(__file__).resolve().parent.parent / "embedded")
+    return ship(args)

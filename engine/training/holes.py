@@ -429,13 +429,22 @@ class ExampleBuilder:
     path_probability: float = 0.8
 
     def prompt_text(
-        self, prefix: str, suffix: str, path: str | None, rng: random.Random | None = None
+        self,
+        prefix: str,
+        suffix: str,
+        path: str | None,
+        rng: random.Random | None = None,
+        prefix_budget: int | None = None,
+        suffix_budget: int | None = None,
     ) -> str:
+        """The FIM prompt text; budgets left as None are drawn at random."""
         rng = rng or random.Random(0)
-        prefix_budget = rng.randint(
-            min(self.min_prefix_tokens, self.max_prefix_tokens), self.max_prefix_tokens
-        )
-        suffix_budget = rng.randint(0, self.max_suffix_tokens) if rng.random() < 0.9 else 0
+        if prefix_budget is None:
+            prefix_budget = rng.randint(
+                min(self.min_prefix_tokens, self.max_prefix_tokens), self.max_prefix_tokens
+            )
+        if suffix_budget is None:
+            suffix_budget = rng.randint(0, self.max_suffix_tokens) if rng.random() < 0.9 else 0
         window_prefix = clip_prefix(self.tokenizer, prefix, prefix_budget)
         window_suffix = clip_suffix(self.tokenizer, suffix, suffix_budget)
         snippets: list[ContextSnippet] = []
@@ -447,13 +456,20 @@ class ExampleBuilder:
         return fim_prompt(window_prefix, window_suffix, snippets, use_path)
 
     def build(
-        self, hole: Hole, canvas_length: int, path: str | None = None, rng: random.Random | None = None
+        self,
+        hole: Hole,
+        canvas_length: int,
+        path: str | None = None,
+        rng: random.Random | None = None,
+        prefix_budget: int | None = None,
+        suffix_budget: int | None = None,
     ) -> FimExample | None:
         """None when the middle (plus `<eos>`) does not fit the canvas."""
         middle_ids = self.tokenizer.encode(hole.middle, add_special_tokens=False).ids
         if len(middle_ids) + 1 > canvas_length:
             return None
-        prompt_ids = self.tokenizer.encode(self.prompt_text(hole.prefix, hole.suffix, path, rng)).ids
+        text = self.prompt_text(hole.prefix, hole.suffix, path, rng, prefix_budget, suffix_budget)
+        prompt_ids = self.tokenizer.encode(text).ids
         canvas = [*middle_ids, EOS_ID] + [PAD_ID] * (canvas_length - len(middle_ids) - 1)
         return FimExample(
             prompt_ids=prompt_ids, canvas_ids=canvas, middle_tokens=len(middle_ids), kind=hole.kind

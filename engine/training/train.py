@@ -1,0 +1,622 @@
+"""`dgemma train`: the uniform-state block-diffusion objective with self-conditioning.
+
+One training example is one hole of a training file in the engine's FIM layout (holes.py):
+
+1. The prompt (context snippets, path, suffix window, prefix window) runs through the model in
+   **encoder** mode, causally, into a fresh `KVCache`: the code path of inference (3.5).
+2. The canvas target is the middle, `<eos>`, then `<pad>`s. It is corrupted the way the sampler's
+   canvases look (4.2): each position is replaced, with probability t, by a token drawn uniformly
+   from the whole vocabulary; t is drawn per example from U(0, 1], and with probability
+   `full_noise` set to 1 (the first denoising step sees a canvas of pure noise).
+3. The corrupted canvas is denoised in **decoder** mode, bidirectionally, reading the cache.
+   Cross-entropy against the target on every canvas position: middle, `<eos>` and `<pad>` alike,
+   since at inference any position may hold noise.
+4. Self-conditioning (3.6) on a `self_conditioning` share of the examples: a first decoder pass
+   without gradients gives logits, which are divided by the temperature the sampler would use at
+   that noise level, t_min + (t_max - t_min) * t (4.2: inference feeds the temperature-divided,
+   softcapped logits of the previous step), and fed to the second pass, which takes the gradient.
+   The other examples get no self-conditioning signal (u = 0, the first step at inference).
+
+Two optional auxiliary terms: `balance_weight` times the Switch load-balancing loss of every MoE
+router (E * sum_e f_e * P_e), so that the small MoE uses all its experts; and `ar_weight` times a
+next-token loss on the encoder's output over the prompt (the encoder is a causal LM over the same
+weights; this gives a dense signal on every prompt token).
+
+Training is seeded and resumable: the batch of step s depends only on (seed, s), and a checkpoint
+(`checkpoint.pt` in the run folder) holds the model, the optimiser and the step. AdamW with
+linear warmup and cosine decay, gradient clipping. The result is written as a checkpoint folder in
+the real layout (engine.loading.save_checkpoint) with the tokenizer and a generation config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer
+
+from engine.config import FULL, SLIDING, ModelConfig, TextConfig
+from engine.model import Attention, DiffusionGemmaTransformer, GatedMLP, RMSNorm
+from engine.sampler import SamplerConfig
+from engine.training.corpus import HELDOUT, TRAIN, collect
+from engine.training.holes import (
+    DEFAULT_KIND_WEIGHTS,
+    ExampleBuilder,
+    FileHoles,
+    FimExample,
+    find_holes,
+    sample_cut,
+)
+from engine.training.tokenizer import EOS_ID, PAD_ID, load_tokenizer, save_tokenizer, train_tokenizer
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def text_config(preset: str, vocab_size: int) -> TextConfig:
+    """Model shapes. `embedded`: the shipped model; `tiny`: tests."""
+    if preset == "embedded":
+        # 6 layers (two sliding, one full, twice), d 256, a dense MLP of 512 beside 8 experts of
+        # 128 (top 2): about 11M parameters, 5M active per token (sized by performance.md 5.6).
+        return TextConfig(
+            vocab_size=vocab_size,
+            hidden_size=256,
+            intermediate_size=512,
+            moe_intermediate_size=128,
+            num_hidden_layers=6,
+            layer_types=[SLIDING, SLIDING, FULL] * 2,
+            sliding_window=512,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=64,
+            global_head_dim=128,
+            num_global_key_value_heads=1,
+            num_experts=8,
+            top_k_experts=2,
+            max_position_embeddings=4096,
+            eos_token_id=[EOS_ID],
+        )
+    if preset == "tiny":
+        return TextConfig(
+            vocab_size=vocab_size,
+            hidden_size=64,
+            intermediate_size=96,
+            moe_intermediate_size=32,
+            num_hidden_layers=4,
+            layer_types=[SLIDING, SLIDING, SLIDING, FULL],
+            sliding_window=64,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            global_head_dim=32,
+            num_global_key_value_heads=1,
+            num_experts=4,
+            top_k_experts=2,
+            max_position_embeddings=4096,
+            eos_token_id=[EOS_ID],
+        )
+    raise ValueError(f"unknown model preset {preset!r} (embedded, tiny)")
+
+
+@dataclass
+class TrainConfig:
+    run_dir: str
+    out: str | None = None  # the exported checkpoint folder (default: run_dir/model)
+    root: str | None = None  # corpus root (default: the standard library)
+    tokenizer: str | None = None  # an existing tokenizer.json (default: train one on the corpus)
+    vocab_size: int = 8192
+    preset: str = "embedded"
+    canvas_lengths: tuple[int, ...] = (16, 32, 64)
+    canvas_weights: tuple[float, ...] = (0.1, 0.45, 0.45)
+    max_prefix_tokens: int = 384
+    max_suffix_tokens: int = 128
+    long_context_share: float = 0.1  # batches whose prefix window reaches long_prefix_tokens
+    long_prefix_tokens: int = 1024
+    max_block_lines: int = 12
+    steps: int = 1000
+    batch_size: int = 16
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.1
+    warmup: int = 100
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    init_std: float = 0.02
+    self_conditioning: float = 0.5
+    full_noise: float = 0.1
+    balance_weight: float = 0.01
+    ar_weight: float = 0.5
+    ar_tokens: int = 128
+    compile: bool = False  # torch.compile the attention, MLP and norm modules (CPU: about 3x faster)
+    seed: int = 0
+    device: str = "auto"
+    threads: int | None = None
+    eval_every: int = 100
+    eval_examples: int = 64
+    save_every: int = 100
+    max_minutes: float | None = None  # stop (and export) after this much training time
+    max_files: int | None = None  # use only the first N training files (tests)
+    progress: bool = True
+    kind_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_KIND_WEIGHTS))
+    t_min: float = 0.4
+    t_max: float = 0.8
+
+
+@dataclass
+class Batch:
+    prompt: torch.Tensor  # [B, P] left-padded
+    valid: torch.Tensor  # [B, P] False on padding
+    canvas: torch.Tensor  # [B, C] target
+    kinds: list[str]
+
+    def to(self, device: torch.device) -> Batch:
+        return Batch(self.prompt.to(device), self.valid.to(device), self.canvas.to(device), self.kinds)
+
+
+def collate(examples: list[FimExample]) -> Batch:
+    longest = max(len(e.prompt_ids) for e in examples)
+    prompt = torch.full((len(examples), longest), PAD_ID, dtype=torch.long)
+    valid = torch.zeros((len(examples), longest), dtype=torch.bool)
+    for row, example in enumerate(examples):
+        ids = torch.tensor(example.prompt_ids, dtype=torch.long)
+        prompt[row, longest - len(ids) :] = ids
+        valid[row, longest - len(ids) :] = True
+    canvas = torch.tensor([e.canvas_ids for e in examples], dtype=torch.long)
+    return Batch(prompt, valid, canvas, [e.kind for e in examples])
+
+
+class HoleData:
+    """Files with their holes, and deterministic batches of FIM examples drawn from them."""
+
+    def __init__(
+        self, files: list[tuple[str, str]], tokenizer: Tokenizer, config: TrainConfig, progress: bool = False
+    ):
+        self.config = config
+        self.tokenizer = tokenizer
+        self.builder = ExampleBuilder(tokenizer, config.max_prefix_tokens, config.max_suffix_tokens)
+        iterator: Any = files
+        if progress:
+            from tqdm import tqdm
+
+            iterator = tqdm(files, desc="finding holes", unit="file")
+        self.files: list[tuple[str, FileHoles]] = [
+            (path, find_holes(text, max_block_lines=config.max_block_lines)) for path, text in iterator
+        ]
+        # Files are drawn in proportion to their statement lines, so every line is about equally likely.
+        self.weights = [len(h.lines) + 1 for _, h in self.files]
+
+    def example(
+        self, rng: random.Random, canvas_length: int, prefix_budget: int, suffix_budget: int
+    ) -> FimExample:
+        for _ in range(1000):
+            path, holes = rng.choices(self.files, weights=self.weights)[0]
+            cut = sample_cut(holes, rng, self.config.kind_weights)
+            if cut is None:
+                continue
+            example = self.builder.build(
+                cut.hole(holes.text),
+                canvas_length,
+                path,
+                rng,
+                prefix_budget=prefix_budget,
+                suffix_budget=suffix_budget,
+            )
+            if example is not None:
+                return example
+        raise RuntimeError("no hole fits the canvas: the corpus is empty or the canvas too short")
+
+    def batch(self, rng: random.Random, batch_size: int) -> Batch:
+        """One batch: a shared canvas length and shared window budgets, so rows pad little."""
+        c = self.config
+        canvas_length = rng.choices(c.canvas_lengths, weights=c.canvas_weights)[0]
+        if rng.random() < c.long_context_share:
+            prefix_budget = rng.randint(c.max_prefix_tokens, max(c.max_prefix_tokens, c.long_prefix_tokens))
+        else:
+            prefix_budget = rng.randint(min(32, c.max_prefix_tokens), c.max_prefix_tokens)
+        suffix_budget = rng.randint(0, c.max_suffix_tokens) if rng.random() < 0.9 else 0
+        examples = [self.example(rng, canvas_length, prefix_budget, suffix_budget) for _ in range(batch_size)]
+        return collate(examples)
+
+
+class RouterStats:
+    """Collects each MoE router's output during gradient passes, for the load-balancing loss."""
+
+    def __init__(self, model: DiffusionGemmaTransformer):
+        self.outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.handles = [layer.router.register_forward_hook(self._hook) for layer in model.layers]
+
+    def _hook(self, module: torch.nn.Module, inputs: Any, output: tuple[torch.Tensor, ...]) -> None:
+        if torch.is_grad_enabled():
+            _, index, probs = output
+            self.outputs.append((index, probs))
+
+    def balance_loss(self) -> torch.Tensor | None:
+        losses = []
+        for index, probs in self.outputs:
+            experts = probs.shape[-1]
+            routed = F.one_hot(index, experts).sum(dim=1).float().mean(dim=0) / index.shape[-1]
+            losses.append(experts * (routed * probs.float().mean(dim=0)).sum())
+        self.outputs = []
+        return torch.stack(losses).mean() if losses else None
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def corrupt(
+    canvas: torch.Tensor, vocab_size: int, generator: torch.Generator, full_noise: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(noisy canvas, t per row): each token replaced by a uniform random token with probability t."""
+    batch, length = canvas.shape
+    device = canvas.device
+    t = 1.0 - torch.rand(batch, generator=generator, device=device)  # (0, 1]
+    t = torch.where(torch.rand(batch, generator=generator, device=device) < full_noise, torch.ones_like(t), t)
+    replace = torch.rand(batch, length, generator=generator, device=device) < t[:, None]
+    noise = torch.randint(0, vocab_size, (batch, length), generator=generator, device=device)
+    return torch.where(replace, noise, canvas), t
+
+
+def diffusion_loss(
+    model: DiffusionGemmaTransformer,
+    batch: Batch,
+    generator: torch.Generator,
+    config: TrainConfig,
+    router_stats: RouterStats | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The training loss of one batch (module docstring) and its parts."""
+    vocab = model.config.vocab_size
+    cache = model.new_cache(training=True)
+    hidden = model.encode(batch.prompt, cache, valid=batch.valid, return_hidden=config.ar_weight > 0)
+    noisy, t = corrupt(batch.canvas, vocab, generator, config.full_noise)
+    conditioning = mask = None
+    if config.self_conditioning > 0:
+        mask = torch.rand(t.shape, generator=generator, device=t.device) < config.self_conditioning
+        if bool(mask.any()):
+            with torch.no_grad():
+                first = model.denoise(noisy, cache)
+            temperature = config.t_min + (config.t_max - config.t_min) * t
+            conditioning = (first / temperature[:, None, None]).to(model.dtype)
+        else:
+            mask = None
+    logits = model.denoise(noisy, cache, conditioning, mask)
+    diffusion = F.cross_entropy(logits.reshape(-1, vocab), batch.canvas.reshape(-1))
+    loss = diffusion
+    parts = {"diffusion": float(diffusion.detach())}
+    with torch.no_grad():
+        correct = logits.argmax(-1) == batch.canvas
+        middle = batch.canvas != PAD_ID  # the middle and its <eos>
+        parts["token_accuracy"] = float(correct.float().mean())
+        parts["middle_accuracy"] = float(correct[middle].float().mean())
+        parts["exact_middle"] = float((correct | ~middle).all(dim=-1).float().mean())
+    if hidden is not None:
+        # Next-token loss on the last `ar_tokens` prompt tokens (prompts are left-padded, so these
+        # are the end of the prefix, next to the hole).
+        span = min(config.ar_tokens, hidden.shape[1] - 1)
+        ar_logits = model.logits(hidden[:, -span - 1 : -1])
+        targets = batch.prompt[:, -span:]
+        weight = (batch.valid[:, -span - 1 : -1] & batch.valid[:, -span:]).float()
+        per_token = F.cross_entropy(ar_logits.reshape(-1, vocab), targets.reshape(-1), reduction="none")
+        ar = (per_token * weight.reshape(-1)).sum() / weight.sum().clamp(min=1)
+        loss = loss + config.ar_weight * ar
+        parts["ar"] = float(ar.detach())
+    if router_stats is not None:
+        balance = router_stats.balance_loss()
+        if balance is not None and config.balance_weight > 0:
+            loss = loss + config.balance_weight * balance
+            parts["balance"] = float(balance.detach())
+    parts["loss"] = float(loss.detach())
+    return loss, parts
+
+
+def learning_rate(step: int, config: TrainConfig, seconds: float = 0.0) -> float:
+    """Linear warmup, then cosine decay to `min_lr_ratio` * lr. With a time budget (`max_minutes`)
+    the decay follows whichever is further along, steps or training time, so a run cut short by
+    its budget still ends at the floor."""
+    if step < config.warmup:
+        return config.lr * (step + 1) / config.warmup
+    progress = min(1.0, (step - config.warmup) / max(1, config.steps - config.warmup))
+    if config.max_minutes:
+        progress = max(progress, min(1.0, seconds / (60 * config.max_minutes)))
+    cosine = 0.5 * (1 + math.cos(math.pi * progress))
+    return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
+
+
+def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    groups = [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.95), eps=1e-8)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def compile_submodules(model: DiffusionGemmaTransformer) -> None:
+    """Compile the pieces with fixed control flow; the routed experts (data-dependent shapes) stay eager.
+
+    `Module.compile` keeps parameter names, so checkpoints are unchanged.
+    """
+    for layer in model.layers:
+        for module in layer.children():
+            if isinstance(module, (Attention, GatedMLP, RMSNorm)):
+                module.compile(dynamic=True)
+    model.self_conditioning.compile(dynamic=True)
+    model.norm.compile(dynamic=True)
+
+
+def step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed * 1_000_003 + step)
+    return generator
+
+
+def embedded_sampler_defaults() -> SamplerConfig:
+    """generation_config.json of the shipped model: few steps, so a suggestion is fast on a CPU."""
+    return SamplerConfig(max_denoising_steps=8)
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig):
+        self.config = config
+        self.run_dir = Path(config.run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.device = _device(config.device)
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        torch.manual_seed(config.seed)
+        corpus = collect(config.root)
+        train_files = [(f.path, corpus.read(f)) for f in corpus.split(TRAIN)]
+        heldout_files = [(f.path, corpus.read(f)) for f in corpus.split(HELDOUT)]
+        if config.max_files is not None:
+            train_files, heldout_files = train_files[: config.max_files], heldout_files[: config.max_files]
+        self.corpus_summary = {
+            "root": str(corpus.root),
+            "licence": corpus.licence,
+            "train_files": len(train_files),
+            "train_bytes": sum(len(t.encode()) for _, t in train_files),
+            "heldout_files": len(heldout_files),
+        }
+        tokenizer_dir = self.run_dir / "tokenizer"
+        if config.tokenizer:
+            self.tokenizer = load_tokenizer(config.tokenizer)
+        elif (tokenizer_dir / "tokenizer.json").is_file():
+            self.tokenizer = load_tokenizer(tokenizer_dir)
+        else:
+            self.tokenizer = train_tokenizer([t for _, t in train_files], vocab_size=config.vocab_size)
+        save_tokenizer(self.tokenizer, tokenizer_dir)
+        self.tokenizer_dir = tokenizer_dir
+        vocab = self.tokenizer.get_vocab_size()
+        self.text_config = text_config(config.preset, vocab)
+        self.model_config = ModelConfig(
+            text=self.text_config, canvas_length=max(config.canvas_lengths), eos_token_id=[EOS_ID]
+        )
+        self.data = HoleData(train_files, self.tokenizer, config, progress=config.progress)
+        self.heldout = (
+            HoleData(heldout_files or train_files, self.tokenizer, config) if heldout_files else self.data
+        )
+        self.model = DiffusionGemmaTransformer(self.text_config)
+        self.model.init_weights(std=config.init_std, generator=torch.Generator().manual_seed(config.seed))
+        self.model.to(self.device)
+        if config.compile:
+            compile_submodules(self.model)
+        self.optimizer = make_optimizer(self.model, config)
+        self.router_stats = RouterStats(self.model)
+        self.step = 0
+        self.train_seconds = 0.0
+        self.log_path = self.run_dir / "metrics.jsonl"
+        self._load()
+        self.eval_batches = self._eval_batches()
+
+    # ---- state ------------------------------------------------------------------------------
+
+    def _load(self) -> None:
+        path = self.run_dir / CHECKPOINT
+        if not path.is_file():
+            return
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = int(state["step"])
+        self.train_seconds = float(state.get("train_seconds", 0.0))
+
+    def save(self) -> None:
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step,
+            "train_seconds": self.train_seconds,
+            "config": asdict(self.config),
+        }
+        tmp = self.run_dir / (CHECKPOINT + ".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.run_dir / CHECKPOINT)
+
+    def _eval_batches(self) -> list[Batch]:
+        rng = random.Random(f"eval:{self.config.seed}")
+        size = max(1, min(self.config.batch_size, self.config.eval_examples))
+        count = max(1, self.config.eval_examples // size)
+        return [self.heldout.batch(rng, size) for _ in range(count)]
+
+    # ---- loop ---------------------------------------------------------------------------------
+
+    def train_step(self) -> dict[str, float]:
+        config = self.config
+        rng = random.Random(f"{config.seed}:{self.step}")
+        batch = self.data.batch(rng, config.batch_size).to(self.device)
+        lr = learning_rate(self.step, config, self.train_seconds)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.model.train()
+        loss, parts = diffusion_loss(
+            self.model, batch, step_generator(config.seed, self.step, self.device), config, self.router_stats
+        )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
+        self.optimizer.step()
+        self.step += 1
+        parts.update(
+            lr=lr, grad_norm=float(norm), prompt_tokens=int(batch.valid.sum()), canvas=batch.canvas.shape[1]
+        )
+        return parts
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        self.model.eval()
+        totals: dict[str, float] = {}
+        for index, batch in enumerate(self.eval_batches):
+            generator = step_generator(self.config.seed + 7919, index, self.device)
+            _, parts = diffusion_loss(self.model, batch.to(self.device), generator, self.config, None)
+            for key, value in parts.items():
+                totals[key] = totals.get(key, 0.0) + value / len(self.eval_batches)
+        return totals
+
+    def log(self, record: dict[str, Any]) -> None:
+        with open(self.log_path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def run(self) -> Path:
+        config = self.config
+        bar = None
+        if config.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(
+                total=config.steps, initial=self.step, desc="training", unit="step", dynamic_ncols=True
+            )
+        started = time.perf_counter()
+        start_seconds = self.train_seconds
+        tokens = 0
+        try:
+            while self.step < config.steps:
+                parts = self.train_step()
+                self.train_seconds = start_seconds + time.perf_counter() - started
+                tokens += parts["prompt_tokens"] + config.batch_size * parts["canvas"]
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(
+                        loss=f"{parts['loss']:.3f}",
+                        middle_acc=f"{parts['middle_accuracy']:.3f}",
+                        lr=f"{parts['lr']:.2e}",
+                    )
+                record = {"step": self.step, "seconds": round(self.train_seconds, 1), **parts}
+                if self.step % config.eval_every == 0 or self.step == config.steps:
+                    record["eval"] = self.evaluate()
+                    if bar is not None:
+                        bar.write(
+                            f"step {self.step}: held-out loss {record['eval']['diffusion']:.4f} "
+                            f"middle token accuracy {record['eval']['middle_accuracy']:.3f}"
+                        )
+                self.log(record)
+                if self.step % config.save_every == 0:
+                    self.save()
+                if config.max_minutes is not None and self.train_seconds > 60 * config.max_minutes:
+                    if bar is not None:
+                        bar.write(f"time budget of {config.max_minutes} min reached at step {self.step}")
+                    break
+        finally:
+            if bar is not None:
+                bar.close()
+        self.save()
+        return self.export()
+
+    def export(self, folder: str | Path | None = None) -> Path:
+        from engine.loading import save_checkpoint
+
+        folder = Path(folder or self.config.out or self.run_dir / "model")
+        self.model.eval()
+        save_checkpoint(
+            self.model.cpu() if self.device.type != "cpu" else self.model,
+            self.model_config,
+            folder,
+            sampler=embedded_sampler_defaults(),
+            tokenizer_folder=self.tokenizer_dir,
+        )
+        if self.device.type != "cpu":
+            self.model.to(self.device)
+        summary = {
+            "steps": self.step,
+            "train_seconds": round(self.train_seconds, 1),
+            "examples_seen": self.step * self.config.batch_size,
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "corpus": self.corpus_summary,
+            "config": asdict(self.config),
+            "device": str(self.device),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+        }
+        (self.run_dir / "training_summary.json").write_text(
+            json.dumps(summary, indent=1) + "\n", encoding="utf-8"
+        )
+        return folder
+
+
+def train(config: TrainConfig) -> Path:
+    """Train (or resume) and export; returns the exported checkpoint folder."""
+    return Trainer(config).run()
+
+
+# ---- command line ------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = TrainConfig(run_dir="")
+    parser.add_argument(
+        "--run-dir", required=True, help="checkpoints, logs and the tokenizer go here (resumes)"
+    )
+    parser.add_argument("--out", default=None, help="exported model folder (default: RUN_DIR/model)")
+    parser.add_argument("--root", default=None, help="corpus root (default: the standard library)")
+    parser.add_argument("--tokenizer", default=None, help="use this tokenizer.json instead of training one")
+    simple = {f.name for f in fields(TrainConfig)} - {
+        "run_dir",
+        "out",
+        "root",
+        "tokenizer",
+        "canvas_lengths",
+        "canvas_weights",
+        "kind_weights",
+        "progress",
+        "threads",
+        "max_minutes",
+        "max_files",
+        "device",
+        "compile",
+    }
+    for name in sorted(simple):
+        value = getattr(defaults, name)
+        parser.add_argument("--" + name.replace("_", "-"), type=type(value), default=value)
+    parser.add_argument("--canvas-lengths", default="16,32,64", help="canvas lengths, comma-separated")
+    parser.add_argument("--canvas-weights", default="0.1,0.45,0.45", help="their shares, comma-separated")
+    parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--max-minutes", type=float, default=None, help="stop after this much training time")
+    parser.add_argument(
+        "--max-files", type=int, default=None, help="use only the first N files (smoke tests)"
+    )
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile the dense modules (slow start, faster steps)"
+    )
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    values = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
+    values["canvas_lengths"] = tuple(int(x) for x in str(args.canvas_lengths).split(","))
+    values["canvas_weights"] = tuple(float(x) for x in str(args.canvas_weights).split(","))
+    values["progress"] = not args.no_progress
+    values.pop("kind_weights", None)
+    return TrainConfig(**values)
