@@ -670,9 +670,15 @@ def workspace_edit(ls: DgemmaServer, document: Document, edits: list[actions.Edi
 
 
 @server.feature(types.CODE_ACTION_RESOLVE)
-@guarded(default=None)
 async def code_action_resolve(ls: DgemmaServer, action: types.CodeAction) -> types.CodeAction:
-    edit, problem = await compute_action(ls, action.data)
+    # Resolve must answer with the action itself, also when something goes wrong.
+    try:
+        edit, problem = await compute_action(ls, action.data)
+    except asyncio.CancelledError:
+        raise
+    except Exception as error:
+        ls.report(f"code_action_resolve failed: {type(error).__name__}: {error}", error=error)
+        return action
     if problem is not None:
         ls.report(problem, types.MessageType.Warning)
         return action

@@ -4,6 +4,7 @@ and a helper that starts the real `dgemma-lsp` process over stdio."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import copy
 import json
 import os
@@ -140,6 +141,14 @@ async def raw_request(client: LanguageClient, method: str, params) -> object:
     msg_id = f"raw-{time.monotonic_ns()}"
     future = client.protocol.send_request(method, params, msg_id=msg_id)
     client.protocol._result_types[msg_id] = None
+    return await asyncio.wrap_future(future)
+
+
+async def send_raw(client: LanguageClient, message: dict) -> object:
+    """Send a JSON-RPC request exactly as given (no typed params, so malformed ones go through)."""
+    future: concurrent.futures.Future = concurrent.futures.Future()
+    client.protocol._request_futures[message["id"]] = future
+    client.protocol._send_data(message)
     return await asyncio.wrap_future(future)
 
 
