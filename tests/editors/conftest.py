@@ -89,3 +89,14 @@ def find_nvim012() -> str | None:
             if version and version >= (0, 12, 0):
                 return candidate
     return None
+
+
+def parse_python(text: str):
+    """ast.parse, quiet about escape sequences in model-written docstrings."""
+    import ast
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SyntaxWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return ast.parse(text)

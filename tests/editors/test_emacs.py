@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from tests.editors.conftest import HERE, REPO, editor_env, server_command
+from tests.editors.conftest import HERE, REPO, editor_env, parse_python, server_command
 from tests.editors.samples import DESCRIBE_LINE, SAMPLE_PY, typing_state
 
 pytestmark = [pytest.mark.editor, pytest.mark.slow, pytest.mark.timeout(900)]
@@ -95,7 +95,7 @@ def test_dgemma_el_in_emacs_eglot(tmp_path, test_model):
     } in report["actions_listed"], context
     assert report["action_applied"], context
     after = path.read_text()
-    tree = ast.parse(after)
+    tree = parse_python(after)
     describe = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "describe")
     assert ast.get_docstring(describe), after
     kept = after.split("\n")

@@ -18,6 +18,7 @@ from tests.editors.conftest import (
     SAMPLE_PY,
     editor_env,
     find_nvim011,
+    parse_python,
     server_command,
 )
 
@@ -121,7 +122,7 @@ def test_plugin_in_neovim_011(tmp_path, test_model):
     } in report["actions_listed"], report["actions_listed"]
     assert report["action_applied"], f"the code action changed nothing: {report.get('messages')}"
     after = path.read_text()
-    tree = ast.parse(after)
+    tree = parse_python(after)
     describe = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "describe")
     assert ast.get_docstring(describe), after
     doc = describe.body[0]
