@@ -538,3 +538,27 @@ async def test_code_actions_for_clients_without_resolve_apply_through_a_command(
     edit = fresh_client.applied_edits[-1]
     after = apply_workspace_edit(ACTIONS_JS, edit, uri)
     assert after.startswith("/**") and syntax.text_error_count("javascript", after) == 0
+
+
+async def test_settings_from_initialization_options_and_workspace_configuration(
+    fresh_client: LanguageClient, lsp_checkpoint
+):
+    # The client answers workspace/configuration (section dgemma) with this:
+    fresh_client.set_configuration({"enabledLanguages": ["go"], "maxLines": "many"}, section="dgemma")
+    await start_session(fresh_client, capabilities_of("vscode@1.139"), init_options(lsp_checkpoint, steps=-4))
+    await wait_until_ready(fresh_client)
+    await asyncio.sleep(0.2)
+    warnings = [m.message for m in fresh_client.messages if m.type == types.MessageType.Warning]
+    assert any("dgemma.steps=-4" in w for w in warnings), warnings
+    assert any("dgemma.maxLines='many'" in w for w in warnings), warnings
+    text, position = typing_state(TEXTWRAP.read_text(), "chunks = ")
+    open_document(fresh_client, URI, text)
+    await inline(fresh_client, URI, position)
+    state = await status(fresh_client)
+    assert state["model_calls"] == 0 and state["skipped"] == 1  # python is not an enabled language
+    # A pushed change of the section takes effect at once.
+    fresh_client.workspace_did_change_configuration(
+        types.DidChangeConfigurationParams(settings={"dgemma": {"enabledLanguages": ["*"]}})
+    )
+    await inline(fresh_client, URI, position)
+    assert (await status(fresh_client))["model_calls"] == 1
