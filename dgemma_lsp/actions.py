@@ -70,6 +70,7 @@ class Job:
 
 
 Infill = Callable[[InfillRequest], str]
+InfillMany = Callable[[list[InfillRequest]], list[str]]
 
 
 # --- finding -----------------------------------------------------------------------------
@@ -429,8 +430,12 @@ def compute(
     budget: int,
     path: str | None = None,
     attempts: int = ATTEMPTS,
+    infill_many: InfillMany | None = None,
 ) -> list[Edit]:
-    """The edits for a candidate (on `text`, whose tree is `tree`). Raises ActionError."""
+    """The edits for a candidate (on `text`, whose tree is `tree`). Raises ActionError.
+
+    With `infill_many`, several holes (the placeholders of a function) are filled in one batch of
+    canvases first; holes whose answer was not valid are then retried one by one."""
     unit = detect_indent_unit(text)
     eol = eol_of(text)
     node = None
@@ -451,10 +456,19 @@ def compute(
         raise ActionError("nothing to fill here")
 
     edits: list[Edit] = []
-    for job in jobs:
-        edit = _fill(job, text, edits, grammar, infill, count, budget, path, attempts)
+    together: dict[int, Edit] = {}
+    if infill_many is not None and len(jobs) > 1:
+        together = _fill_together(jobs, text, grammar, infill_many, count, budget, path)
+        edits.extend(together.values())
+    for index, job in enumerate(jobs):
+        if index in together:
+            continue
+        # Holes the batch left unfilled are retried one by one, seeing the fills so far.
+        first_seed = 1 if infill_many is not None and len(jobs) > 1 else 0
+        edit = _fill(job, text, edits, grammar, infill, count, budget, path, attempts, first_seed)
         if edit is not None:
             edits.append(edit)
+    edits.sort(key=lambda e: e.start)
     if not edits:
         raise ActionError("the model's answers did not give valid code; nothing was changed")
     # The result as a whole must parse; drop the last fills until it does.
@@ -480,6 +494,55 @@ def _node_for(text: str, grammar: str | None, tree, candidate: Candidate):
     return None
 
 
+@dataclass
+class _Slot:
+    """A job placed in the text with the fills done so far."""
+
+    working: str
+    start: int
+    end: int
+    prefix: str
+    suffix: str
+
+
+def _slot(job: Job, text: str, done: list[Edit], count: Callable[[str], int], budget: int) -> _Slot:
+    working = apply_edits(text, done)
+    shift = sum(len(e.new_text) - (e.end - e.start) for e in done if e.end <= job.region[0])
+    start, end = job.region[0] + shift, job.region[1] + shift
+    prefix, suffix = window(working[:start] + job.prefix, job.suffix + working[end:], budget, count)
+    return _Slot(working, start, end, prefix, suffix)
+
+
+def _request(job: Job, slot: _Slot, grammar: str | None, path: str | None, seed: int) -> InfillRequest:
+    return InfillRequest(
+        prefix=slot.prefix,
+        suffix=slot.suffix,
+        language=grammar,
+        path=path,
+        snippets=job.snippets,
+        max_tokens=job.canvas,
+        seed=seed,
+    )
+
+
+def _accept(raw: str, job: Job, slot: _Slot, grammar: str | None) -> Edit | None:
+    """The edit for an answer, if it (or its longest prefix of lines) adds no syntax error."""
+    rendered = _render(raw, job)
+    if rendered is None:
+        return None
+
+    def valid(replacement: str) -> bool:
+        return no_new_errors(
+            grammar, slot.working, slot.working[: slot.start] + replacement + slot.working[slot.end :]
+        )
+
+    if valid(rendered):
+        return Edit(job.region[0], job.region[1], rendered)
+    # Keep the longest prefix of lines that parses (the block may have run on).
+    trimmed = _trim_lines(rendered, job, valid)
+    return Edit(job.region[0], job.region[1], trimmed) if trimmed is not None else None
+
+
 def _fill(
     job: Job,
     text: str,
@@ -490,39 +553,41 @@ def _fill(
     budget: int,
     path: str | None,
     attempts: int = ATTEMPTS,
+    first_seed: int = 0,
 ) -> Edit | None:
     """Fill one hole (after the previous fills), trying a few seeds; None when nothing valid came."""
-    working = apply_edits(text, done)
-    shift = sum(len(e.new_text) - (e.end - e.start) for e in done if e.end <= job.region[0])
-    start, end = job.region[0] + shift, job.region[1] + shift
-    prefix_text = working[:start] + job.prefix
-    suffix_text = job.suffix + working[end:]
-    prefix, suffix = window(prefix_text, suffix_text, budget, count)
-    for seed in range(attempts):
-        request = InfillRequest(
-            prefix=prefix,
-            suffix=suffix,
-            language=grammar,
-            path=path,
-            snippets=job.snippets,
-            max_tokens=job.canvas,
-            seed=seed,
-        )
-        raw = infill(request)
-        rendered = _render(raw, job)
-        if rendered is None:
-            continue
-        edit = Edit(job.region[0], job.region[1], rendered)
-        candidate_text = working[:start] + rendered + working[end:]
-        if no_new_errors(grammar, working, candidate_text):
+    slot = _slot(job, text, done, count, budget)
+    for seed in range(first_seed, first_seed + attempts):
+        edit = _accept(infill(_request(job, slot, grammar, path, seed)), job, slot, grammar)
+        if edit is not None:
             return edit
-        # Keep the longest prefix of lines that parses (the block may have run on).
-        trimmed = _trim_lines(
-            rendered, job, lambda r: no_new_errors(grammar, working, working[:start] + r + working[end:])
-        )
-        if trimmed is not None:
-            return Edit(job.region[0], job.region[1], trimmed)
     return None
+
+
+def _fill_together(
+    jobs: list[Job],
+    text: str,
+    grammar: str | None,
+    infill_many: InfillMany,
+    count: Callable[[str], int],
+    budget: int,
+    path: str | None,
+) -> dict[int, Edit]:
+    """Every hole in one batch of canvases, each seeing the others as they are; the answers that
+    are valid on their own and together are kept (by job index)."""
+    slots = [_slot(job, text, [], count, budget) for job in jobs]
+    answers = infill_many(
+        [_request(job, slot, grammar, path, 0) for job, slot in zip(jobs, slots, strict=True)]
+    )
+    accepted: dict[int, Edit] = {}
+    for index, (job, slot, raw) in enumerate(zip(jobs, slots, answers, strict=True)):
+        edit = _accept(raw, job, slot, grammar)
+        if edit is None:
+            continue
+        combined = [*accepted.values(), edit]
+        if no_new_errors(grammar, text, apply_edits(text, combined)):
+            accepted[index] = edit
+    return accepted
 
 
 def _render(raw: str, job: Job) -> str | None:

@@ -252,18 +252,25 @@ class DgemmaServer(LanguageServer):
             if self.inflight.get(document.uri) is token:
                 del self.inflight[document.uri]
 
-    def infill_for_action(self, token: CancelToken, deadline: float) -> Callable[[InfillRequest], str]:
+    def infill_for_action(self, token: CancelToken, deadline: float) -> tuple[Callable, Callable]:
+        """(one hole, several holes) functions for a code action, with its cancel token and deadline."""
         backend = self.backend
 
-        def infill(request: InfillRequest) -> str:
+        def prepare(request: InfillRequest) -> InfillRequest:
             if backend is None or backend.state is not BackendState.READY:
                 raise actions.ActionError("the model is not loaded yet")
             request.should_stop = token
             request.deadline = deadline
             request.num_diffusion_steps = self.settings.steps
-            return backend.infill(request).text
+            return request
 
-        return infill
+        def infill(request: InfillRequest) -> str:
+            return backend.infill(prepare(request)).text
+
+        def infill_many(requests: list[InfillRequest]) -> list[str]:
+            return backend.infill_many([prepare(r) for r in requests])
+
+        return infill, infill_many
 
     def shutdown_work(self) -> None:
         for token in list(self.inflight.values()):
@@ -624,18 +631,20 @@ async def compute_action(ls: DgemmaServer, data: Any) -> tuple[types.WorkspaceEd
         (tree.copy() if tree is not None else None),
         document.version,
     )
+    infill, infill_many = ls.infill_for_action(token, deadline)
     work = functools.partial(
         actions.compute,
         candidate,
         snapshot_text,
         document.grammar,
         snapshot_tree,
-        ls.infill_for_action(token, deadline),
+        infill,
         ls.completer.counter,
         backend.canvas_length,
         ls.settings.context_budget,
         document.path,
         ls.settings.action_attempts,
+        infill_many,
     )
     try:
         edits = await asyncio.get_running_loop().run_in_executor(ls.model_executor, work)

@@ -80,6 +80,11 @@ class Backend(ABC):
     @abstractmethod
     def infill(self, request: InfillRequest) -> InfillResult: ...
 
+    def infill_many(self, requests: list[InfillRequest]) -> list[str]:
+        """Several holes at once. Backends that can put them in one batch of canvases override
+        this; the default fills them one after another."""
+        return [self.infill(request).text for request in requests]
+
     def count_tokens(self, text: str) -> int:
         """Tokens of `text` in the model's tokenizer (an estimate where there is none)."""
         from dgemma_lsp.context import estimate_tokens

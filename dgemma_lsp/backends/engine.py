@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from dgemma_lsp.backends.base import Backend, ProgressCallback
 from engine.requests import InfillRequest, InfillResult
 
@@ -33,6 +35,46 @@ class EngineBackend(Backend):
         if self.model is None:
             raise RuntimeError("the engine backend has no model loaded")
         return self.model.infill_request(request)
+
+    def infill_many(self, requests: list[InfillRequest]) -> list[str]:
+        """All holes in one batch of canvases (one denoising loop), for models with FIM tokens."""
+        model = self.model
+        if model is None or len(requests) < 2 or not model.has_fim_tokens:
+            return super().infill_many(requests)
+        from engine.errors import DeadlineExceeded, GenerationCancelled
+        from engine.prompting import fim_prompt
+
+        first = requests[0]
+        ids = [
+            model.tokenizer.encode(
+                fim_prompt(r.prefix, r.suffix, r.snippets, r.path), add_special_tokens=True
+            )
+            for r in requests
+        ]
+        deadline = first.deadline
+        expired = []
+
+        def should_stop() -> bool:
+            if first.should_stop is not None and first.should_stop():
+                return True
+            if deadline is not None and time.monotonic() > deadline:
+                expired.append(True)
+                return True
+            return False
+
+        try:
+            outputs = model.generate_batch(
+                ids,
+                [min(r.max_tokens, model.canvas_length) for r in requests],
+                num_diffusion_steps=first.num_diffusion_steps,
+                seed=first.seed,
+                should_stop=should_stop,
+            )
+        except GenerationCancelled:
+            if expired:
+                raise DeadlineExceeded() from None
+            raise
+        return [model.tokenizer.decode(tokens) for tokens in outputs]
 
     def count_tokens(self, text: str) -> int:
         if self.model is None:

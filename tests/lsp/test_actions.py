@@ -214,3 +214,47 @@ def test_rewrite_selected_lines_sends_the_original_as_context():
     result, _ = run(text, "python", "rewrite", model, selection=selection)
     assert result == "def evens():\n    result = [i for i in range(10) if i % 2 == 0]\n    return result\n"
     assert model.requests[0].snippets[0].text == selection
+
+
+class ScriptedBatch:
+    """Answers a batch of holes at once (one list per call); records the batches."""
+
+    def __init__(self, *batches: list[str]):
+        self.batches = list(batches)
+        self.calls: list[list[InfillRequest]] = []
+
+    def __call__(self, requests: list[InfillRequest]) -> list[str]:
+        self.calls.append(requests)
+        return self.batches[len(self.calls) - 1]
+
+
+def test_placeholders_are_filled_in_one_batch_when_the_backend_allows():
+    text = "def area(shape):\n    |kind = shape.kind\n    if kind == 'circle':\n        ...\n    return ...\n"
+    clean = text.replace("|", "", 1)
+    candidate = offered(text, "python")["placeholders"]
+    tree = syntax.parse("python", syntax.encode(clean))
+    one_by_one = Scripted("unused")
+    batch = ScriptedBatch(["return 3.14 * shape.r ** 2", "0"])
+    edits = actions.compute(
+        candidate, clean, "python", tree, one_by_one, TokenCounter(), 64, 1024, "/x.py", infill_many=batch
+    )
+    assert actions.apply_edits(clean, edits).endswith("        return 3.14 * shape.r ** 2\n    return 0\n")
+    assert len(batch.calls) == 1 and len(batch.calls[0]) == 2
+    assert one_by_one.requests == []
+    # Each hole of the batch sees the other placeholder as it was.
+    assert "return ..." in batch.calls[0][0].suffix and "        ..." in batch.calls[0][1].prefix
+
+
+def test_holes_the_batch_could_not_fill_are_retried_one_by_one():
+    text = "def area(shape):\n    |kind = shape.kind\n    if kind == 'circle':\n        ...\n    return ...\n"
+    clean = text.replace("|", "", 1)
+    candidate = offered(text, "python")["placeholders"]
+    tree = syntax.parse("python", syntax.encode(clean))
+    one_by_one = Scripted("shape.r * 2")
+    batch = ScriptedBatch(["return (((", "0"])
+    edits = actions.compute(
+        candidate, clean, "python", tree, one_by_one, TokenCounter(), 64, 1024, "/x.py", infill_many=batch
+    )
+    result = actions.apply_edits(clean, edits)
+    assert "        shape.r * 2\n    return 0\n" in result
+    assert one_by_one.requests[0].seed == 1 and "return 0" in one_by_one.requests[0].suffix
