@@ -355,19 +355,23 @@ def is_repetitive(text: str) -> bool:
         if times >= 3 and times * 2 > len(meaningful):
             return True
     tokens = _WORD.findall(text)
-    if len(tokens) >= 8 and len(set(tokens)) / len(tokens) < 0.25:
+    # Separator runs ("# -----", "=" * 60 written out) are code people write; words and brackets
+    # repeated over and over are not.
+    counted = [t for t in tokens if t[0].isalnum() or t[0] == "_" or t in CLOSERS or t in OPENERS]
+    if len(counted) >= 8 and len(set(counted)) / len(counted) < 0.25:
         return True
     run = 1
-    for previous, current in itertools.pairwise(tokens):
+    for previous, current in itertools.pairwise(counted):
         run = run + 1 if previous == current else 1
         if run >= 6:
             return True
-    # The same short pattern repeated back to back ("abcabcabcabc").
+    # The same short pattern with a letter or digit in it, back to back ("abcabcabcabc").
     compact = re.sub(r"\s+", "", text)
     if len(compact) >= 16:
         for period in range(1, len(compact) // 4 + 1):
             pattern = compact[:period]
-            if pattern * (len(compact) // period) == compact[: period * (len(compact) // period)]:
+            repeated = pattern * (len(compact) // period) == compact[: period * (len(compact) // period)]
+            if repeated and any(c.isalnum() for c in pattern):
                 return True
     return False
 
@@ -387,7 +391,8 @@ def postprocess(raw: str, hole: Hole) -> Suggestion | None:
 
 def _single(text: str, hole: Hole) -> Suggestion | None:
     line = keep_first_line(text).rstrip()
-    if not hole.before.strip():
+    if hole.before.endswith((" ", "\t")) or not hole.before.strip():
+        # No second space after the one typed, no extra indentation on an indented blank line.
         line = line.lstrip(" \t") if hole.before else line
     if not line.strip():
         return None

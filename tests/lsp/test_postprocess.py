@@ -64,6 +64,13 @@ def test_code_fences_from_chat_answers_are_removed():
 # --- one line or one block ------------------------------------------------------------------
 
 
+def test_no_double_space_after_the_space_the_user_typed():
+    suggestion = run("total = |\n", " sum(values)")
+    assert suggestion is not None and suggestion.text == "sum(values)"
+    kept = run("total =|\n", " sum(values)")
+    assert kept is not None and kept.text == " sum(values)"
+
+
 def test_single_line_keeps_only_the_first_line():
     suggestion = run("names = [p.name for p in |]\n", "people]\nprint(names)")
     assert suggestion is not None and suggestion.text == "people]"
@@ -225,6 +232,10 @@ def test_repetitive_output_is_rejected():
     assert is_repetitive("))))))))")
     assert is_repetitive("abcabcabcabcabcabc")
     assert not is_repetitive("return fibonacci(n - 1) + fibonacci(n - 2)")
+    assert not is_repetitive('print("=" * 60)  # ------------------------------')
+    assert not is_repetitive("SEPARATOR = '================================'")
+    assert not is_repetitive("x = [0, 0, 0, 0]")
+    assert is_repetitive("self.self.self.self.self.self.self")
     assert run(FIB, "\n    x = 1\n    x = 1\n    x = 1\n    x = 1") is None
     assert run("x = |\n", "1, 1, 1, 1, 1, 1, 1, 1, 1") is None
 
