@@ -449,7 +449,7 @@ async def inline_completion(
 ) -> types.InlineCompletionList:
     started = time.monotonic()
     document = ls.document(params.text_document.uri)
-    if document is None:
+    if document is None or not document.completable:
         return types.InlineCompletionList(items=[])
     selected = params.context.selected_completion_info if params.context else None
     if selected is not None:
@@ -516,7 +516,7 @@ def completion_fallback_active(ls: DgemmaServer) -> bool:
 async def completion(ls: DgemmaServer, params: types.CompletionParams) -> types.CompletionList:
     started = time.monotonic()
     document = ls.document(params.text_document.uri)
-    if document is None or not completion_fallback_active(ls):
+    if document is None or not document.completable or not completion_fallback_active(ls):
         return types.CompletionList(is_incomplete=False, items=[])
     offset = offset_of(ls, document, params.position)
     outcome = await ls.suggest(document, offset, started)
