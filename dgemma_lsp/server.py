@@ -450,6 +450,8 @@ async def inline_completion(
     started = time.monotonic()
     document = ls.document(params.text_document.uri)
     if document is None or not document.completable:
+        if document is not None:
+            ls.completer.stats.skipped += 1  # too large or binary: not even positions are computed
         return types.InlineCompletionList(items=[])
     selected = params.context.selected_completion_info if params.context else None
     if selected is not None:
