@@ -41,7 +41,7 @@ def model_settings(model: str | None, tiny: bool) -> dict:
         settings["model"] = model
     if tiny:
         # A random model's answers rarely parse: code actions try more seeds (as tests/lsp does).
-        settings.update({"dtype": "float32", "steps": 4, "actionAttempts": 8})
+        settings.update({"dtype": "float32", "steps": 4, "actionAttempts": 16})
     return settings
 
 

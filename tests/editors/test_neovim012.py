@@ -18,11 +18,11 @@ import pytest
 from tests.editors.conftest import (
     NEOVIM_PLUGIN,
     REPO,
-    SAMPLE_PY,
     editor_env,
     find_nvim012,
     server_command,
 )
+from tests.editors.samples import typing_state
 
 pynvim = pytest.importorskip("pynvim")
 
@@ -92,23 +92,6 @@ return { row = mark[2], col = mark[3], text = table.concat(lines, '\n') }
 """
 
 
-def typing_states() -> tuple[str, list[tuple[int, str]]]:
-    """The sample as while typing in `describe`: lines (0-based) whose end is a cursor where a
-    user waits for a suggestion: an empty indented line, `size = ` and `return `."""
-    lines = SAMPLE_PY.split("\n")
-    empty = lines.index("    size = round(shape.size, 2)")
-    lines.insert(empty, "    ")
-    cursors = [(empty, "")]
-    for i, line in enumerate(lines):
-        if line.startswith("    size = "):
-            lines[i] = "    size = "
-            cursors.append((i, ""))
-        elif line.startswith("    return f"):
-            lines[i] = "    return"
-            cursors.append((i, " "))  # the space is typed in Insert mode
-    return "\n".join(lines), cursors
-
-
 def wait_for(fn, timeout: float, interval: float = 0.05):
     end = time.monotonic() + timeout
     value = fn()
@@ -154,7 +137,7 @@ def nvim(nvim012_binary, tmp_path):
 
 def test_ghost_text_and_tab_in_neovim_012(nvim, tmp_path, test_model):
     assert nvim.exec_lua("return vim.lsp.inline_completion ~= nil")
-    text, cursors = typing_states()
+    text, cursors = typing_state()
     path = tmp_path / "shapes.py"
     path.write_text(text)
     nvim.exec_lua(SETUP, str(NEOVIM_PLUGIN), server_command(), test_model.settings, str(path))
@@ -168,7 +151,8 @@ def test_ghost_text_and_tab_in_neovim_012(nvim, tmp_path, test_model):
     assert nvim.exec_lua("return require('dgemma').statusline()") == "dgemma: ready"
 
     shown = None
-    for line, typed in cursors:
+    for cursor in cursors:
+        line, typed = cursor["line"], cursor["type"]
         nvim.input("<Esc>")
         wait_for(lambda: nvim.api.get_mode()["mode"] == "n", 5)
         nvim.api.win_set_cursor(0, (line + 1, 0))

@@ -190,7 +190,8 @@ try {
   const typingFile = path.join(ws, 'typing.py');
   // What the document holds as we type (VS Code for the Web would auto-save; it is set off).
   const doc = fs.readFileSync(typingFile, 'utf8').split('\n');
-  for (const cursor of plan.cursors) {
+  // Only cursors where something is typed: VS Code asks on its own after typing.
+  for (const cursor of plan.cursors.filter((c) => c.type !== '')) {
     await page.keyboard.press('Escape');
     await goTo(cursor.line, cursor.character);
     const before = serverInlineItems().length;
