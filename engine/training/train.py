@@ -142,6 +142,9 @@ class TrainConfig:
     eval_examples: int = 64
     save_every: int = 100
     max_minutes: float | None = None  # stop (and export) after this much training time
+    # The time over which the learning rate decays (default: max_minutes). A run split into phases
+    # with different data settings (resumed with new options) keeps one schedule by fixing it.
+    schedule_minutes: float | None = None
     max_files: int | None = None  # use only the first N training files (tests)
     progress: bool = True
     kind_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_KIND_WEIGHTS))
@@ -317,14 +320,15 @@ def diffusion_loss(
 
 
 def learning_rate(step: int, config: TrainConfig, seconds: float = 0.0) -> float:
-    """Linear warmup, then cosine decay to `min_lr_ratio` * lr. With a time budget (`max_minutes`)
-    the decay follows whichever is further along, steps or training time, so a run cut short by
-    its budget still ends at the floor."""
+    """Linear warmup, then cosine decay to `min_lr_ratio` * lr. With a time budget (`schedule_minutes`,
+    else `max_minutes`) the decay follows whichever is further along, steps or training time, so a
+    run cut short by its budget still ends at the floor."""
     if step < config.warmup:
         return config.lr * (step + 1) / config.warmup
     progress = min(1.0, (step - config.warmup) / max(1, config.steps - config.warmup))
-    if config.max_minutes:
-        progress = max(progress, min(1.0, seconds / (60 * config.max_minutes)))
+    horizon = config.schedule_minutes or config.max_minutes
+    if horizon:
+        progress = max(progress, min(1.0, seconds / (60 * horizon)))
     cosine = 0.5 * (1 + math.cos(math.pi * progress))
     return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
 
@@ -592,6 +596,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "progress",
         "threads",
         "max_minutes",
+        "schedule_minutes",
         "max_files",
         "device",
         "compile",
@@ -604,6 +609,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--max-minutes", type=float, default=None, help="stop after this much training time")
+    parser.add_argument(
+        "--schedule-minutes", type=float, default=None, help="decay the learning rate over this much time"
+    )
     parser.add_argument(
         "--max-files", type=int, default=None, help="use only the first N files (smoke tests)"
     )
