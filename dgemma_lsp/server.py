@@ -149,6 +149,7 @@ class DgemmaServer(LanguageServer):
         backend = self.backend
         return {
             "state": backend.state.value if backend is not None else "none",
+            "enabled": self.settings.enabled,
             "backend": backend.description if backend is not None else None,
             "error": str(backend.error) if backend is not None and backend.error is not None else None,
             "documents": len(self.documents),
@@ -172,6 +173,8 @@ class DgemmaServer(LanguageServer):
         self.documents.max_chars = settings.max_file_chars
         if self.backend is None or previous.backend_key() != settings.backend_key():
             self.start_backend()
+        else:
+            self.send_status()  # e.g. suggestions turned on or off
 
     def start_backend(self) -> None:
         old = self.backend
