@@ -7,8 +7,13 @@ the decoder's retention), so they are trimmed once they hold far more than that 
 slack so prompts that change near their end can still crop back); `offset` counts the entries
 dropped from their front.
 
-Appending uses `torch.cat`, which keeps the cache differentiable for training and costs one copy
-per commit, not per denoising step.
+Two storage modes:
+- **inference** (no autograd): each layer owns a buffer with spare room. The encoder writes new
+  keys in place after the valid ones; the decoder writes the canvas keys into the same spare
+  room as scratch without advancing the length, so a denoising step copies nothing but the
+  canvas. Cropping back to a shorter prompt only moves the length.
+- **training** (`training=True`): every append is a `torch.cat`, so gradients flow through
+  the cache into the encoder; nothing is overwritten in place.
 """
 
 from __future__ import annotations
@@ -22,9 +27,12 @@ import torch
 class KVCache:
     sliding: list[bool]
     keep_sliding: int | None = None  # None: never trim (training, or tests that crop anywhere)
+    training: bool = False  # autograd through the cache: appends are concatenations
+    # Per layer: storage [B, Hkv, capacity, D] (inference) or exactly the valid keys (training).
     keys: list[torch.Tensor | None] = field(default_factory=list)
     values: list[torch.Tensor | None] = field(default_factory=list)
-    offsets: list[int] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)  # valid entries per layer
+    offsets: list[int] = field(default_factory=list)  # entries dropped from the front (sliding trim)
     positions: torch.Tensor | None = None  # [B, S] absolute position of each cached token
     valid: torch.Tensor | None = None  # [B, S] False for left padding; None when nothing is padded
     token_ids: torch.Tensor | None = None  # [B, S] the cached tokens (prefix reuse compares them)
@@ -32,9 +40,8 @@ class KVCache:
     def __post_init__(self) -> None:
         layers = len(self.sliding)
         if not self.keys:
-            self.keys = [None] * layers
-            self.values = [None] * layers
-            self.offsets = [0] * layers
+            self.keys, self.values = [None] * layers, [None] * layers
+            self.lengths, self.offsets = [0] * layers, [0] * layers
 
     @property
     def length(self) -> int:
@@ -51,9 +58,6 @@ class KVCache:
             raise ValueError("empty cache")
         return self.positions[:, -1] + 1
 
-    def layer_kv(self, layer: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        return self.keys[layer], self.values[layer]
-
     def layer_positions(self, layer: int) -> torch.Tensor | None:
         if self.positions is None:
             return None
@@ -64,10 +68,62 @@ class KVCache:
             return None
         return self.valid[:, self.offsets[layer] :]
 
+    # ---- keys and values -------------------------------------------------------------------------
+
+    def extend(
+        self, layer: int, key: torch.Tensor, value: torch.Tensor, commit: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """This layer's cached keys/values followed by `key`/`value` [B, Hkv, T, D].
+
+        `commit=True` (encoder) makes the new entries part of the cache; `commit=False` (decoder)
+        uses them for this pass only.
+        """
+        stored_key, stored_value, length = self.keys[layer], self.values[layer], self.lengths[layer]
+        tokens = key.shape[2]
+        if self.training:
+            if stored_key is None:
+                keys, values = key, value
+            else:
+                keys = torch.cat([stored_key[:, :, :length], key], dim=2)
+                values = torch.cat([stored_value[:, :, :length], value], dim=2)
+            if commit:
+                self.keys[layer], self.values[layer], self.lengths[layer] = keys, values, length + tokens
+            return keys, values
+        needed = length + tokens
+        if stored_key is None or stored_key.shape[2] < needed:
+            stored_key, stored_value = self._grow(layer, key, value, needed)
+        stored_key[:, :, length:needed] = key
+        stored_value[:, :, length:needed] = value
+        if commit:
+            self.lengths[layer] = needed
+        return stored_key[:, :, :needed], stored_value[:, :, :needed]
+
+    def _grow(
+        self, layer: int, key: torch.Tensor, value: torch.Tensor, needed: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A bigger buffer (room for what is needed plus as much again, at least 256) with the valid keys."""
+        batch, heads, _, dim = key.shape
+        capacity = needed + max(needed, 256)
+        new_key = key.new_empty(batch, heads, capacity, dim)
+        new_value = value.new_empty(batch, heads, capacity, value.shape[-1])
+        length, stored_key = self.lengths[layer], self.keys[layer]
+        if stored_key is not None and length:
+            new_key[:, :, :length] = stored_key[:, :, :length]
+            new_value[:, :, :length] = self.values[layer][:, :, :length]
+        self.keys[layer], self.values[layer] = new_key, new_value
+        return new_key, new_value
+
+    def layer_kv(self, layer: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The valid keys and values of a layer (views)."""
+        key, length = self.keys[layer], self.lengths[layer]
+        if key is None:
+            return None, None
+        return key[:, :, :length], self.values[layer][:, :, :length]
+
     def append_tokens(
         self, token_ids: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor | None
     ) -> None:
-        """Record the bookkeeping for tokens whose K/V the layers are about to append."""
+        """Record the bookkeeping for tokens whose K/V the layers have just committed."""
         if self.positions is None:
             self.positions, self.token_ids = positions, token_ids
             self.valid = valid
@@ -79,13 +135,6 @@ class KVCache:
         self.positions = torch.cat([self.positions, positions], dim=1)
         self.token_ids = torch.cat([self.token_ids, token_ids], dim=1)
 
-    def append_layer(self, layer: int, key: torch.Tensor, value: torch.Tensor) -> None:
-        if self.keys[layer] is None:
-            self.keys[layer], self.values[layer] = key, value
-        else:
-            self.keys[layer] = torch.cat([self.keys[layer], key], dim=2)
-            self.values[layer] = torch.cat([self.values[layer], value], dim=2)
-
     def trim(self) -> None:
         """Drop sliding-layer entries no query can see any more (inference only)."""
         if self.keep_sliding is None:
@@ -94,12 +143,14 @@ class KVCache:
         # editor's case) can still crop back and reuse the cache.
         slack = max(self.keep_sliding, 512)
         for layer, sliding in enumerate(self.sliding):
-            key = self.keys[layer]
-            if not sliding or key is None or key.shape[2] <= self.keep_sliding + 2 * slack:
+            length = self.lengths[layer]
+            if not sliding or self.keys[layer] is None or length <= self.keep_sliding + 2 * slack:
                 continue
-            drop = key.shape[2] - self.keep_sliding - slack
-            self.keys[layer] = key[:, :, drop:].clone()
-            self.values[layer] = self.values[layer][:, :, drop:].clone()
+            drop = length - self.keep_sliding - slack
+            kept = length - drop
+            self.keys[layer][:, :, :kept] = self.keys[layer][:, :, drop:length].clone()
+            self.values[layer][:, :, :kept] = self.values[layer][:, :, drop:length].clone()
+            self.lengths[layer] = kept
             self.offsets[layer] += drop
 
     def can_crop(self, length: int) -> bool:
@@ -114,23 +165,21 @@ class KVCache:
     def crop(self, length: int) -> None:
         """Keep the first `length` cached tokens (prefix reuse across requests).
 
-        Layers are sliced even when the bookkeeping already says `length`: a pass that failed
-        half-way (out of memory, say) may have appended to some layers only.
+        Every layer's length is set even when the bookkeeping already says `length`: a pass that
+        failed half-way (out of memory, say) may have committed to some layers only.
         """
         for layer in range(len(self.sliding)):
-            if self.keys[layer] is None:
-                continue
-            end = length - self.offsets[layer]
-            self.keys[layer] = self.keys[layer][:, :, :end]
-            self.values[layer] = self.values[layer][:, :, :end]
-        self.positions = self.positions[:, :length]
-        self.token_ids = self.token_ids[:, :length]
+            if self.keys[layer] is not None:
+                self.lengths[layer] = max(0, length - self.offsets[layer])
+        self.positions = None if self.positions is None else self.positions[:, :length]
+        self.token_ids = None if self.token_ids is None else self.token_ids[:, :length]
         if length == 0:
             self.reset()
 
     def reset(self) -> None:
         layers = len(self.sliding)
-        self.keys, self.values, self.offsets = [None] * layers, [None] * layers, [0] * layers
+        self.keys, self.values = [None] * layers, [None] * layers
+        self.lengths, self.offsets = [0] * layers, [0] * layers
         self.positions = self.valid = self.token_ids = None
 
     def nbytes(self) -> int:

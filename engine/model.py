@@ -114,17 +114,10 @@ class Attention(nn.Module):
         projections = [self.q_proj, self.k_proj] + ([self.v_proj] if self.v_proj is not None else [])
         self.fused = fuse_linears(projections)
 
-    def forward(
-        self,
-        h: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        past_key: torch.Tensor | None,
-        past_value: torch.Tensor | None,
-        mask: torch.Tensor | None,
-        is_causal: bool,
+    def project(
+        self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Returns the projected output and this pass's own K/V [B, Hkv, T, D] (for the cache)."""
+        """q [B, H, T, D] and this pass's k, v [B, Hkv, T, D] (3.3 steps 1-3)."""
         batch, tokens, _ = h.shape
         q_dim, kv_dim = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         if self.fused is not None:
@@ -140,11 +133,52 @@ class Attention(nn.Module):
         v = v_flat.reshape(batch, tokens, self.num_kv_heads, self.head_dim) if self.sliding else k_raw
         k = apply_rope(self.k_norm(k_raw), cos, sin).transpose(1, 2)
         v = rms_norm(v, None, self.eps).transpose(1, 2)
+        return q, k, v
+
+    def attend(
+        self,
+        q: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        mask: torch.Tensor | None,
+        is_causal: bool,
+    ) -> torch.Tensor:
+        """Attention over the given keys, heads concatenated, output projection (3.3 steps 5-6)."""
+        batch, _, tokens, _ = q.shape
+        out = attention(q, keys, values, mask, is_causal=is_causal, slice_size=self.slice_size)
+        return self.o_proj(out.transpose(1, 2).reshape(batch, tokens, self.num_heads * self.head_dim))
+
+    def forward(
+        self,
+        h: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        past_key: torch.Tensor | None,
+        past_value: torch.Tensor | None,
+        mask: torch.Tensor | None,
+        is_causal: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Tensors in, tensors out (training, where the cache is concatenated): output and own K/V."""
+        q, k, v = self.project(h, cos, sin)
         keys = k if past_key is None else torch.cat([past_key, k], dim=2)
         values = v if past_value is None else torch.cat([past_value, v], dim=2)
-        out = attention(q, keys, values, mask, is_causal=is_causal, slice_size=self.slice_size)
-        out = out.transpose(1, 2).reshape(batch, tokens, self.num_heads * self.head_dim)
-        return self.o_proj(out), k, v
+        return self.attend(q, keys, values, mask, is_causal), k, v
+
+    def forward_cached(
+        self,
+        h: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        cache: KVCache,
+        layer: int,
+        mask: torch.Tensor | None,
+        is_causal: bool,
+        commit: bool,
+    ) -> torch.Tensor:
+        """Inference: K/V written into the cache's spare room, committed (encoder) or not (decoder)."""
+        q, k, v = self.project(h, cos, sin)
+        keys, values = cache.extend(layer, k, v, commit)
+        return self.attend(q, keys, values, mask, is_causal)
 
 
 class GatedMLP(nn.Module):
@@ -261,15 +295,21 @@ class Layer(nn.Module):
         x: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        past_key: torch.Tensor | None,
-        past_value: torch.Tensor | None,
+        cache: KVCache,
+        index: int,
         mask: torch.Tensor | None,
         is_causal: bool,
         encoder: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        attn, key, value = self.self_attn(
-            self.input_layernorm(x), cos, sin, past_key, past_value, mask, is_causal
-        )
+    ) -> torch.Tensor:
+        """One layer; the encoder commits this pass's K/V to `cache`, the decoder only reads it."""
+        h = self.input_layernorm(x)
+        if cache.training:
+            past_key, past_value = cache.layer_kv(index)
+            attn, key, value = self.self_attn(h, cos, sin, past_key, past_value, mask, is_causal)
+            if encoder:
+                cache.extend(index, key, value, commit=True)
+        else:
+            attn = self.self_attn.forward_cached(h, cos, sin, cache, index, mask, is_causal, commit=encoder)
         x = x + self.post_attention_layernorm(attn)
         dense = self.post_feedforward_layernorm_1(self.mlp(self.pre_feedforward_layernorm(x)))
         flat = x.reshape(-1, x.shape[-1])
@@ -278,7 +318,7 @@ class Layer(nn.Module):
         routed = self.post_feedforward_layernorm_2(routed)
         x = x + self.post_feedforward_layernorm(dense + routed)
         scalar = self.encoder_layer_scalar if encoder else self.layer_scalar
-        return x * scalar, key, value
+        return x * scalar
 
 
 class SelfConditioning(nn.Module):
@@ -358,9 +398,8 @@ class DiffusionGemmaTransformer(nn.Module):
 
     def new_cache(self, training: bool = False) -> KVCache:
         keep = None if training else max(self.config.sliding_window - 1, self.sliding_window_retention)
-        return KVCache(
-            sliding=[self.config.is_sliding(i) for i in range(len(self.layers))], keep_sliding=keep
-        )
+        sliding = [self.config.is_sliding(i) for i in range(len(self.layers))]
+        return KVCache(sliding=sliding, keep_sliding=keep, training=training)
 
     def set_attention_slicing(self, slice_size: int | None) -> None:
         for layer in self.layers:
@@ -432,9 +471,7 @@ class DiffusionGemmaTransformer(nn.Module):
         for i, layer in enumerate(self.layers):
             kind = self.config.layer_types[i]
             mask, is_causal = masks[kind]
-            past_key, past_value = cache.layer_kv(i)
-            x, key, value = layer(x, *rope[kind], past_key, past_value, mask, is_causal, encoder=True)
-            cache.append_layer(i, key, value)
+            x = layer(x, *rope[kind], cache, i, mask, is_causal, encoder=True)
         cache.append_tokens(ids, positions, valid)
         cache.trim()
         return self.norm(x) if return_hidden else None
@@ -507,8 +544,7 @@ class DiffusionGemmaTransformer(nn.Module):
         masks = {kind: self._decoder_mask(kind, cache, positions) for kind in set(self.config.layer_types)}
         for i, layer in enumerate(self.layers):
             kind = self.config.layer_types[i]
-            past_key, past_value = cache.layer_kv(i)
-            x, _, _ = layer(x, *rope[kind], past_key, past_value, masks[kind], False, encoder=False)
+            x = layer(x, *rope[kind], cache, i, masks[kind], False, encoder=False)
         return self.logits(self.norm(x))
 
     def _decoder_mask(self, kind: str, cache: KVCache, positions: torch.Tensor) -> torch.Tensor | None:
