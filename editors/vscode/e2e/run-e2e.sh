@@ -37,6 +37,8 @@ mkdir -p "$RUN/ws" "$RUN/data/User" "$RUN/ext" "$RUN/home/config" "$RUN/home/dat
 # 1. Package the extension exactly as a user would, and install the .vsix.
 (cd "$EXT" && npx vsce package --out "$RUN/dgemma.vsix" >"$RUN/logs/vsce.log" 2>&1) \
     || { cat "$RUN/logs/vsce.log"; echo "FAIL: vsce package"; exit 1; }
+# The server runs this checkout's code (as the pytest editor tests do), offline.
+export PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH} HF_HUB_OFFLINE=1
 export XDG_CONFIG_HOME=$RUN/home/config XDG_DATA_HOME=$RUN/home/data TMPDIR=$RUN/home/tmp
 export PATH=$NODE24_BIN:$PATH
 "$CODE_SERVER" --user-data-dir "$RUN/data" --extensions-dir "$RUN/ext" \
