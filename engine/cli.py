@@ -20,6 +20,7 @@ SUBCOMMAND_MODULES = [
     "engine.bench",
     "engine.training.commands",
     "engine.evaluation.commands",
+    "engine.server.commands",
     "dgemma_lsp.bench",
 ]
 

@@ -41,6 +41,7 @@ FENCE = re.compile(r"^\s*```[\w+-]*\n(.*?)\n?```\s*$", re.DOTALL)
 POLL_S = 0.02
 # Budget of a call that comes without a deadline (model discovery, code actions without one).
 DEFAULT_TIMEOUT_S = 60.0
+DISCOVERY_TIMEOUT_S = 10.0  # `GET /v1/models` when the backend starts
 DEFAULT_CANVAS = 256  # DiffusionGemma's canvas (diffusiongemma.md 4.1)
 DEFAULT_CONTEXT = 8192
 
@@ -95,7 +96,7 @@ class HttpBackend(Backend):
             headers["Authorization"] = f"Bearer {key}"
         self._start_loop(headers)
         progress(f"connecting to {self.base_url}", 30)
-        data = self._call("GET", "/models", None, time.monotonic() + DEFAULT_TIMEOUT_S, None)
+        data = self._call("GET", "/models", None, time.monotonic() + DISCOVERY_TIMEOUT_S, None)
         cards = [c for c in (data.get("data") or []) if isinstance(c, dict) and c.get("id")]
         if not cards:
             raise BackendUnavailable(f"{self.base_url}/models lists no model")
@@ -153,35 +154,52 @@ class HttpBackend(Backend):
     def infill(self, request: InfillRequest) -> InfillResult:
         started = time.monotonic()
         deadline = request.deadline if request.deadline is not None else started + DEFAULT_TIMEOUT_S
-        extra: dict[str, Any] = {"model": self.model_name, "max_tokens": request.max_tokens}
+        path, body = self._body(request)
+        data = self._tracked(self._request("POST", path, body, deadline), deadline, request.should_stop)
+        return self._result(data, started)
+
+    def infill_many(self, requests: list[InfillRequest]) -> list[str]:
+        """All holes as concurrent requests (vLLM, SGLang and `dgemma serve` batch what arrives
+        together); the first request's cancel token and deadline govern them all."""
+        if len(requests) < 2:
+            return super().infill_many(requests)
+        started = time.monotonic()
+        first = requests[0]
+        deadline = first.deadline if first.deadline is not None else started + DEFAULT_TIMEOUT_S
+        bodies = [self._body(request) for request in requests]
+
+        async def together() -> list[dict[str, Any]]:
+            tasks = [asyncio.ensure_future(self._request("POST", p, b, deadline)) for p, b in bodies]
+            try:
+                return list(await asyncio.gather(*tasks))
+            finally:
+                for task in tasks:  # one failed or we were cancelled: hang up on the others too
+                    task.cancel()
+
+        answers = self._tracked(together(), deadline, first.should_stop)
+        return [self._result(data, started).text for data in answers]
+
+    def _body(self, request: InfillRequest) -> tuple[str, dict[str, Any]]:
+        body: dict[str, Any] = {"model": self.model_name, "max_tokens": request.max_tokens}
         if request.num_diffusion_steps is not None:
-            extra["diffusion_steps"] = request.num_diffusion_steps
+            body["diffusion_steps"] = request.num_diffusion_steps
         if request.seed is not None:
-            extra["seed"] = request.seed
+            body["seed"] = request.seed
         if self.mode == "completions":
-            body = {
-                **extra,
-                "prompt": request.prefix,
-                "suffix": request.suffix,
-                "input_extra": [{"filename": s.path, "text": s.text} for s in request.snippets],
-            }
+            body["prompt"] = request.prefix
+            body["suffix"] = request.suffix
+            body["input_extra"] = [{"filename": s.path, "text": s.text} for s in request.snippets]
             if request.path:
                 body["path"] = request.path
             if request.language:
                 body["language"] = request.language
-            path = "/completions"
-        else:
-            messages = chat_infill_messages(
-                request.prefix, request.suffix, request.snippets, request.path, request.language
-            )
-            body = {**extra, "messages": messages}
-            path = "/chat/completions"
-        try:
-            data = self._call("POST", path, body, deadline, request.should_stop)
-        except BackendUnavailable as error:
-            self.error = error  # shown by dgemma.status until a request succeeds again
-            raise
-        self.error = None
+            return "/completions", body
+        body["messages"] = chat_infill_messages(
+            request.prefix, request.suffix, request.snippets, request.path, request.language
+        )
+        return "/chat/completions", body
+
+    def _result(self, data: dict[str, Any], started: float) -> InfillResult:
         choices = data.get("choices") or [{}]
         choice = choices[0] if isinstance(choices[0], dict) else {}
         if self.mode == "completions":
@@ -201,13 +219,28 @@ class HttpBackend(Backend):
         )
         return InfillResult(text, stats)
 
+    def _tracked(self, work: Any, deadline: float, should_stop: Any) -> Any:
+        """`_wait`, remembering an unreachable endpoint in `error` (dgemma.status shows it) until a
+        request succeeds again."""
+        try:
+            result = self._wait(work, deadline, should_stop)
+        except BackendUnavailable as error:
+            self.error = error
+            raise
+        self.error = None
+        return result
+
     def _call(
         self, method: str, path: str, body: dict | None, deadline: float, should_stop: Any
     ) -> dict[str, Any]:
-        """One request on the loop thread; waits for it while watching the cancel token and deadline."""
+        return self._wait(self._request(method, path, body, deadline), deadline, should_stop)
+
+    def _wait(self, work: Any, deadline: float, should_stop: Any) -> Any:
+        """Run a coroutine on the loop thread; wait for it while watching the cancel token and deadline."""
         if self._loop is None or self._client is None:
+            work.close()
             raise BackendUnavailable("the remote backend is closed")
-        future = asyncio.run_coroutine_threadsafe(self._request(method, path, body, deadline), self._loop)
+        future = asyncio.run_coroutine_threadsafe(work, self._loop)
         while True:
             try:
                 return future.result(timeout=POLL_S)
