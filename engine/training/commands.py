@@ -97,8 +97,8 @@ def run_train(args: argparse.Namespace) -> int:
         f"starting at step {trainer.step} of {config.steps}",
         flush=True,
     )
-    folder = trainer.run()
-    print(f"model written to {folder}")
+    folder = trainer.export() if args.export_only else trainer.run()
+    print(f"model written to {folder} (step {trainer.step})")
     return 0
 
 

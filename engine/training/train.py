@@ -36,7 +36,7 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +142,7 @@ class TrainConfig:
     eval_examples: int = 64
     save_every: int = 100
     max_minutes: float | None = None  # stop (and export) after this much training time
+    stop_at_step: int | None = None  # stop (and export) at this step, without touching the schedule
     # The time over which the learning rate decays (default: max_minutes). A run split into phases
     # with different data settings (resumed with new options) keeps one schedule by fixing it.
     schedule_minutes: float | None = None
@@ -480,13 +481,23 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
+        """Held-out loss and accuracies at the training noise levels, and (prefixed `t1_`) on
+        canvases of pure noise, the first denoising step at inference."""
         self.model.eval()
         totals: dict[str, float] = {}
-        for index, batch in enumerate(self.eval_batches):
-            generator = step_generator(self.config.seed + 7919, index, self.device)
-            _, parts = diffusion_loss(self.model, batch.to(self.device), generator, self.config, None)
-            for key, value in parts.items():
-                totals[key] = totals.get(key, 0.0) + value / len(self.eval_batches)
+        pure_noise = replace(self.config, full_noise=1.0, self_conditioning=0.0, ar_weight=0.0)
+        for prefix, config in (("", self.config), ("t1_", pure_noise)):
+            for index, batch in enumerate(self.eval_batches):
+                generator = step_generator(self.config.seed + 7919, index, self.device)
+                _, parts = diffusion_loss(self.model, batch.to(self.device), generator, config, None)
+                if prefix:
+                    parts = {
+                        k: v
+                        for k, v in parts.items()
+                        if k in ("diffusion", "middle_accuracy", "exact_middle")
+                    }
+                for key, value in parts.items():
+                    totals[prefix + key] = totals.get(prefix + key, 0.0) + value / len(self.eval_batches)
         return totals
 
     def log(self, record: dict[str, Any]) -> None:
@@ -506,7 +517,9 @@ class Trainer:
         start_seconds = self.train_seconds
         tokens = 0
         try:
-            while self.step < config.steps:
+            while self.step < config.steps and (
+                config.stop_at_step is None or self.step < config.stop_at_step
+            ):
                 parts = self.train_step()
                 self.train_seconds = start_seconds + time.perf_counter() - started
                 tokens += parts["prompt_tokens"] + config.batch_size * parts["canvas"]
@@ -528,6 +541,8 @@ class Trainer:
                 self.log(record)
                 if self.step % config.save_every == 0:
                     self.save()
+                if config.stop_at_step is not None and self.step >= config.stop_at_step:
+                    break
                 if config.max_minutes is not None and self.train_seconds > 60 * config.max_minutes:
                     if bar is not None:
                         bar.write(f"time budget of {config.max_minutes} min reached at step {self.step}")
@@ -597,6 +612,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "threads",
         "max_minutes",
         "schedule_minutes",
+        "stop_at_step",
         "max_files",
         "device",
         "compile",
@@ -610,12 +626,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--max-minutes", type=float, default=None, help="stop after this much training time")
     parser.add_argument(
+        "--stop-at-step", type=int, default=None, help="stop at this step (schedule unchanged)"
+    )
+    parser.add_argument(
         "--schedule-minutes", type=float, default=None, help="decay the learning rate over this much time"
     )
     parser.add_argument(
         "--max-files", type=int, default=None, help="use only the first N files (smoke tests)"
     )
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument(
+        "--export-only",
+        action="store_true",
+        help="write RUN_DIR's latest checkpoint as a model folder and stop",
+    )
     parser.add_argument(
         "--compile", action="store_true", help="torch.compile the dense modules (slow start, faster steps)"
     )
