@@ -105,6 +105,16 @@ def test_token_id_prompts_and_several_prompts_give_one_choice_each(server: LiveS
         f"{server.url}/completions", json={"prompt": ids, "max_tokens": 5, "seed": 1}, timeout=60
     )
     assert single.json()["choices"][0]["text"] == data["choices"][0]["text"]
+    # Streamed: each choice's canvases in turn, each with its own index and finish reason.
+    body = {"prompt": [ids, ids[:2]], "max_tokens": 5, "seed": 1, "stream": True}
+    with httpx.stream("POST", f"{server.url}/completions", json=body, timeout=60) as r:
+        events = sse_events(list(r.iter_lines()))
+    assert events[-1] == "[DONE]"
+    for index in (0, 1):
+        mine = [e["choices"][0] for e in events[:-1] if e["choices"][0]["index"] == index]
+        assert "".join(c["text"] for c in mine) == data["choices"][index]["text"]
+        finals = [c["finish_reason"] for c in mine if c["finish_reason"]]
+        assert finals == [data["choices"][index]["finish_reason"]]
 
 
 def test_streaming_completion_sends_one_chunk_per_committed_canvas(server: LiveServer):
@@ -289,6 +299,23 @@ async def test_seeded_and_streaming_requests_run_alone_while_others_batch(start_
     assert [r.json()["diffusion"][0]["batch_size"] for r in responses] == [1, 1, 2, 2]
     assert live.metric("dgemma_batch_size_count") == 4  # two seeded, one stream, one batch of two
     assert live.metric("dgemma_batch_size_sum") == 5
+
+
+async def test_a_client_that_hangs_up_leaves_its_batch_mates_alone(start_server):
+    live = start_server(batch_window_ms=600)
+    async with httpx.AsyncClient(base_url=live.url, timeout=60) as client:
+
+        async def impatient() -> None:
+            with pytest.raises(httpx.ReadTimeout):
+                await client.post("/completions", json={"prompt": "q", "max_tokens": 4}, timeout=0.2)
+
+        *responses, _ = await asyncio.gather(
+            *(client.post("/completions", json={"prompt": p, "max_tokens": 4}) for p in ("a", "b")),
+            impatient(),
+        )
+    assert [r.status_code for r in responses] == [200, 200]
+    assert [r.json()["diffusion"][0]["batch_size"] for r in responses] == [2, 2]
+    assert live.wait_metric("dgemma_requests_cancelled_total", 1, reason="disconnect") == 1
 
 
 # --- bad input and abuse --------------------------------------------------------------------------------
