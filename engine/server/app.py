@@ -431,6 +431,10 @@ def create_app(model: Any, config: ServerConfig | None = None) -> FastAPI:
         timeout = max(job.deadline for job in jobs) - time.monotonic() + DEADLINE_GRACE_S
         try:
             done, _ = await asyncio.wait({gathered, watcher}, timeout=timeout, return_when="FIRST_COMPLETED")
+        except BaseException:  # the handler itself was cancelled (server shutdown)
+            for job in jobs:
+                job.cancel("server shutting down")
+            raise
         finally:
             watcher.cancel()
             if not gathered.done():

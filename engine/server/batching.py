@@ -168,6 +168,7 @@ class Scheduler:
         self._condition = threading.Condition()
         self._running = False
         self._thread: threading.Thread | None = None
+        self._current: list[Job] = []
 
     # --- event loop side ----------------------------------------------------------------------
 
@@ -185,9 +186,15 @@ class Scheduler:
         for job in pending:
             job.cancel("server shutting down")
             job.deliver(GenerationCancelled("the server is shutting down"))
+        for job in self._current:  # the engine stops them between two denoising steps
+            job.cancel("server shutting down")
         self.metrics.queue_depth.set(0)
         if self._thread is not None:
             self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
 
     @property
     def queue_depth(self) -> int:
@@ -224,6 +231,7 @@ class Scheduler:
             for job in live:
                 self.metrics.queue_wait.observe(now - job.created)
             self.metrics.running.set(len(live))
+            self._current = live
             try:
                 if len(live) == 1:
                     self._run_alone(live[0], batch_size=1)
@@ -234,6 +242,7 @@ class Scheduler:
                 for job in live:
                     job.deliver(error if isinstance(error, Exception) else RuntimeError(str(error)))
             finally:
+                self._current = []
                 self.metrics.running.set(0)
 
     def _next_batch(self) -> list[Job] | None:
