@@ -308,9 +308,11 @@ def create_app(model: Any, config: ServerConfig | None = None) -> FastAPI:
     def check_common(body: DiffusionParameters) -> None:
         if body.model is not None and body.model != config.model_name:
             raise ApiError(
-                404, f"the model {body.model!r} does not exist here; this server serves {config.model_name!r}",
-                param="model", code="model_not_found",
-            )  # fmt: skip
+                404,
+                f"the model {body.model!r} does not exist here; this server serves {config.model_name!r}",
+                param="model",
+                code="model_not_found",
+            )
         if body.diffusion_steps is not None and body.diffusion_steps > config.max_diffusion_steps:
             raise ApiError(
                 400,
@@ -413,9 +415,12 @@ def create_app(model: Any, config: ServerConfig | None = None) -> FastAPI:
             scheduler.submit(jobs)
         except QueueFull as error:
             raise ApiError(
-                429, f"the server is busy ({error}); retry shortly", "rate_limit_error",
-                code="queue_full", headers={"Retry-After": "1"},
-            ) from None  # fmt: skip
+                429,
+                f"the server is busy ({error}); retry shortly",
+                "rate_limit_error",
+                code="queue_full",
+                headers={"Retry-After": "1"},
+            ) from None
 
     async def wait_for_disconnect(request: Request) -> None:
         while True:
