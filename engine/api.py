@@ -268,6 +268,7 @@ class DiffusionGemmaModel:
         num_diffusion_steps: int | None = None,
         seed: int | None = None,
         should_stop: Any = None,
+        deadline: float | None = None,
         **sampler_knobs: Any,
     ) -> list[list[int]]:
         """Several prompts (token ids) in one canvas batch; returns each row's new tokens before EOS.
@@ -275,7 +276,7 @@ class DiffusionGemmaModel:
         Prompts of different lengths are left-padded; their positions count from their own first
         token, so each row gets what it would get alone (up to the random draws).
         """
-        options = self._options(num_diffusion_steps, seed, should_stop, None, sampler_knobs)
+        options = self._options(num_diffusion_steps, seed, should_stop, deadline, sampler_knobs)
         with self._lock, translate_oom("generating"):
             started = time.perf_counter()
             longest = max(len(p) for p in prompts)
@@ -294,7 +295,7 @@ class DiffusionGemmaModel:
                 options.sampler, self.transformer.config.vocab_size, self._random(options)
             )
             outputs: list[list[int]] = [[] for _ in prompts]
-            stopped = [False] * len(prompts)
+            reasons: list[str | None] = [None] * len(prompts)  # "stop" at EOS, "length" at the quota
             stats = GenerationStats(prompt_tokens=sum(len(p) for p in prompts))
             for outcome in generate_canvases(
                 self.transformer,
@@ -310,16 +311,22 @@ class DiffusionGemmaModel:
                 stats.canvases += 1
                 stats.steps_per_canvas.append(max(outcome.steps))
                 for row, tokens in enumerate(outcome.tokens.tolist()):
-                    if stopped[row]:
+                    if reasons[row] is not None:
                         continue
                     for token in tokens:
-                        if token in self.eos_ids or len(outputs[row]) >= max_tokens[row]:
-                            stopped[row] = True
+                        if token in self.eos_ids:
+                            reasons[row] = "stop"
+                            break
+                        if len(outputs[row]) >= max_tokens[row]:
+                            reasons[row] = "length"
                             break
                         outputs[row].append(token)
+                    if reasons[row] is None and len(outputs[row]) >= max_tokens[row]:
+                        reasons[row] = "length"
             stats.generated_tokens = sum(len(o) for o in outputs)
             stats.seconds = time.perf_counter() - started
-            stats.finish_reason = "stop" if all(stopped) else "length"
+            stats.row_finish_reasons = [reason or "length" for reason in reasons]
+            stats.finish_reason = "stop" if all(r == "stop" for r in stats.row_finish_reasons) else "length"
             self.last_stats = stats
             return outputs
 

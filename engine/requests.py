@@ -46,6 +46,8 @@ class GenerationStats:
     steps_per_canvas: list[int] = field(default_factory=list)
     seconds: float = 0.0
     finish_reason: str = "length"  # "stop" (EOS or a stop string) | "length"
+    # One reason per row for `generate_batch`; empty for single-prompt calls.
+    row_finish_reasons: list[str] = field(default_factory=list)
 
     @property
     def tokens_per_second(self) -> float:
@@ -65,6 +67,7 @@ class GenerationStats:
             "seconds": round(self.seconds, 6),
             "tokens_per_second": round(self.tokens_per_second, 3),
             "finish_reason": self.finish_reason,
+            **({"row_finish_reasons": list(self.row_finish_reasons)} if self.row_finish_reasons else {}),
         }
 
 

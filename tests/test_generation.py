@@ -74,6 +74,17 @@ def test_quota_ends_a_row_early_in_a_batch(tiny_checkpoint):
     out = model.generate_batch([[2, 10, 11], [2, 12]], max_tokens=[5, 40], num_diffusion_steps=2)
     assert len(out[0]) == 5 and len(out[1]) == 40
     assert model.last_stats.canvases == 3
+    assert model.last_stats.row_finish_reasons == ["length", "length"]
+    assert model.last_stats.finish_reason == "length"
+    model.eos_ids = list(range(512))  # every token ends a row at once
+    assert model.generate_batch([[2, 10], [2, 12]], max_tokens=[5, 40], num_diffusion_steps=1) == [[], []]
+    assert model.last_stats.row_finish_reasons == ["stop", "stop"]
+
+
+def test_batch_respects_a_deadline(tiny_checkpoint):
+    model = DiffusionGemmaModel.from_pretrained(tiny_checkpoint, config=DiffusionConfig(dtype="float32"))
+    with pytest.raises(DeadlineExceeded):
+        model.generate_batch([[2, 10], [2, 12]], max_tokens=[16, 16], deadline=time.monotonic() - 1)
 
 
 def test_eos_in_the_first_position_gives_empty_text_and_stop(tiny_checkpoint):
