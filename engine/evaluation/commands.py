@@ -34,6 +34,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--max-tokens", type=int, default=None, help="canvas length (default: the model's)")
     evaluate.add_argument("--prefix-tokens", type=int, default=384, help="prefix window, in tokens")
     evaluate.add_argument("--suffix-tokens", type=int, default=128, help="suffix window, in tokens")
+    for knob in ("entropy-bound", "t-min", "t-max", "confidence-threshold"):
+        evaluate.add_argument(
+            f"--{knob}", type=float, default=None, help="sampler override (default: the model's)"
+        )
+    evaluate.add_argument("--stability-threshold", type=int, default=None, help="sampler override")
     evaluate.add_argument("--device", default="cpu")
     evaluate.add_argument("--dtype", default="auto")
     evaluate.add_argument("--seed", type=int, default=0)
@@ -133,6 +138,11 @@ def _model_predictor(args: argparse.Namespace):
         dtype=args.dtype,
         seed=args.seed,
         local_files_only=True,
+        entropy_bound=args.entropy_bound,
+        t_min=args.t_min,
+        t_max=args.t_max,
+        stability_threshold=args.stability_threshold,
+        confidence_threshold=args.confidence_threshold,
     )
     model = DiffusionGemmaModel.from_pretrained(args.model, config=config)
     return ModelPredictor(

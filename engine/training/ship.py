@@ -32,6 +32,9 @@ def ship(source: str | Path, destination: str | Path, dtype: str = "bfloat16") -
             tensor = handle.get_tensor(key)
             tensors[key] = tensor.to(DTYPES[dtype]) if tensor.is_floating_point() else tensor
     save_file(tensors, str(destination / "model.safetensors"), metadata={"format": "pt"})
+    for path in destination.iterdir():
+        if path.is_file():
+            path.chmod(0o644)  # readable by whoever installs the package
     return sum(p.stat().st_size for p in destination.iterdir() if p.is_file())
 
 

@@ -153,3 +153,19 @@ def test_learning_rate_warms_up_then_decays_to_its_floor():
     assert rates[0] == pytest.approx(1e-4) and rates[9] == pytest.approx(1e-3)
     assert all(a >= b for a, b in itertools.pairwise(rates[10:]))
     assert rates[-1] == pytest.approx(1e-4, rel=0.05)
+
+
+def test_shipping_stores_bfloat16_weights_that_load_as_float32(tmp_path, corpus):
+    from safetensors import safe_open
+
+    from engine.training.ship import ship
+
+    trainer = Trainer(_config(tmp_path, corpus, steps=1))
+    source = trainer.run()
+    size = ship(source, tmp_path / "shipped")
+    assert size < sum(p.stat().st_size for p in source.iterdir()) * 0.75
+    with safe_open(str(tmp_path / "shipped" / "model.safetensors"), framework="pt") as handle:
+        assert {handle.get_tensor(k).dtype for k in handle.keys()} == {torch.bfloat16}  # noqa: SIM118
+    model = DiffusionGemmaModel.from_pretrained(tmp_path / "shipped", config=DiffusionConfig(device="cpu"))
+    assert model.transformer.dtype == torch.float32
+    assert isinstance(model.infill("x = 1\n", "\n", max_tokens=16, num_diffusion_steps=1), str)
