@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 from dgemma_lsp.backends.base import Backend, ProgressCallback
 from engine.requests import InfillRequest, InfillResult
 
@@ -41,7 +39,6 @@ class EngineBackend(Backend):
         model = self.model
         if model is None or len(requests) < 2 or not model.has_fim_tokens:
             return super().infill_many(requests)
-        from engine.errors import DeadlineExceeded, GenerationCancelled
         from engine.prompting import fim_prompt
 
         first = requests[0]
@@ -51,29 +48,14 @@ class EngineBackend(Backend):
             )
             for r in requests
         ]
-        deadline = first.deadline
-        expired = []
-
-        def should_stop() -> bool:
-            if first.should_stop is not None and first.should_stop():
-                return True
-            if deadline is not None and time.monotonic() > deadline:
-                expired.append(True)
-                return True
-            return False
-
-        try:
-            outputs = model.generate_batch(
-                ids,
-                [min(r.max_tokens, model.canvas_length) for r in requests],
-                num_diffusion_steps=first.num_diffusion_steps,
-                seed=first.seed,
-                should_stop=should_stop,
-            )
-        except GenerationCancelled:
-            if expired:
-                raise DeadlineExceeded() from None
-            raise
+        outputs = model.generate_batch(
+            ids,
+            [min(r.max_tokens, model.canvas_length) for r in requests],
+            num_diffusion_steps=first.num_diffusion_steps,
+            seed=first.seed,
+            should_stop=first.should_stop,
+            deadline=first.deadline,
+        )
         return [model.tokenizer.decode(tokens) for tokens in outputs]
 
     def count_tokens(self, text: str) -> int:
