@@ -77,14 +77,14 @@ def choose_files(args: argparse.Namespace, rng: random.Random) -> list[Path]:
         return [Path(f) for f in args.files]
     try:
         from engine.training.corpus import HELDOUT, collect
-
-        corpus = collect()
-        candidates = [corpus.root / f.path for f in corpus.split(HELDOUT) if f.size <= MAX_FILE_BYTES]
-    except Exception:
+    except ImportError:  # the training extras are not installed: a fixed list of stdlib modules
         import sysconfig
 
         stdlib = Path(sysconfig.get_paths()["stdlib"])
         candidates = [stdlib / name for name in FALLBACK_FILES]
+    else:
+        corpus = collect()
+        candidates = [corpus.root / f.path for f in corpus.split(HELDOUT) if f.bytes <= MAX_FILE_BYTES]
     candidates = sorted(p for p in candidates if p.is_file())
     return rng.sample(candidates, min(args.num_files, len(candidates)))
 
@@ -238,7 +238,10 @@ async def replay(traces: list[Trace], settings: dict, args: argparse.Namespace) 
         client.text_document_did_close(
             types.DidCloseTextDocumentParams(text_document=types.TextDocumentIdentifier(uri=uri))
         )
-        print(f"  {index + 1}/{len(traces)} {trace.path}: {len(trace.lines)} lines", flush=True)
+        print(
+            f"  {index + 1}/{len(traces)} {trace.path}: lines {', '.join(str(n + 1) for n in trace.lines)}",
+            flush=True,
+        )
 
     after_state = await status()
     await _stop(client)
