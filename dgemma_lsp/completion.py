@@ -284,13 +284,28 @@ class Completer:
 
     def finish(self, plan: Plan, raw: str) -> Suggestion | None:
         suggestion = postprocess(raw, plan.hole)
-        if suggestion is None or plan.decision.mode != "multi" or plan.grammar is None:
+        if suggestion is None or plan.grammar is None:
             return suggestion
-        return trim_to_valid(suggestion, plan.hole, self._validator(plan))
+        if plan.decision.mode == "multi":
+            return trim_to_valid(suggestion, plan.hole, self._validator(plan))
+        return suggestion if self._line_is_better(plan, suggestion) else None
+
+    @staticmethod
+    def _line_is_better(plan: Plan, suggestion: Suggestion) -> bool:
+        """A single line must fix the syntax of the line being typed, or at least leave no error
+        on it and none elsewhere that was not there: the rest of a line is a complete thought."""
+        prefix, suffix = plan.context.prefix, plan.context.suffix
+        row = prefix.count("\n")
+        before, _ = syntax.errors_near_row(plan.grammar, prefix + suffix, row)
+        after, on_row = syntax.errors_near_row(
+            plan.grammar, prefix + suggestion.text + suffix[suggestion.replace_after :], row
+        )
+        return after < before or (after == before and not on_row)
 
     @staticmethod
     def _validator(plan: Plan):
-        """A multi-line suggestion must not add syntax errors to the window around it."""
+        """A suggestion must not add syntax errors to the window around it (a block is trimmed
+        to the lines that do not, a single line is dropped)."""
         grammar = plan.grammar
         prefix, suffix = plan.context.prefix, plan.context.suffix
         baseline = syntax.text_error_count(grammar, prefix + suffix)

@@ -318,14 +318,13 @@ def auto_closed_range(text: str, hole: Hole) -> tuple[str, int] | None:
     """Handle brackets and quotes the editor auto-closed after the cursor.
 
     Returns the text and how many characters after the cursor it replaces; None when every way
-    of placing the suggestion leaves the line more broken than it already is.
+    of placing the suggestion leaves the line's brackets and quotes more unbalanced than they
+    already are (a single line should close what it opens).
     """
     after = hole.after
     run = 0
     while run < len(after) and (after[run] in CLOSERS or after[run] in QUOTES):
         run += 1
-    if run == 0:
-        return text, 0
     best: tuple[int, int] | None = None  # (imbalance, -k)
     for k in range(run + 1):
         if k and not text.endswith(after[:k]):

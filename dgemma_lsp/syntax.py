@@ -359,6 +359,21 @@ def text_error_count(grammar: str, text: str) -> int:
     return error_count(parse(grammar, encode(text)))
 
 
+def errors_near_row(grammar: str, text: str, row: int) -> tuple[int, bool]:
+    """(error count, whether an ERROR or MISSING node touches line `row`) of `text`."""
+    root = parse(grammar, encode(text)).root_node
+    count = 0
+    on_row = False
+    stack = [root] if root.has_error else []
+    while stack:
+        node = stack.pop()
+        if node.is_error or node.is_missing:
+            count += 1
+            on_row = on_row or node.start_point[0] <= row <= node.end_point[0]
+        stack.extend(child for child in node.children if child.has_error or child.is_missing)
+    return count, on_row
+
+
 def node_at(tree: ts.Tree, byte: int) -> ts.Node:
     """The smallest node that touches `byte` (the one ending there when the cursor is at its end)."""
     root = tree.root_node

@@ -102,6 +102,15 @@ def test_cancelled_and_late_requests_return_nothing():
     assert outcome.source == "deadline" and time.monotonic() - started < 1.0
 
 
+def test_single_line_suggestion_that_adds_a_syntax_error_is_dropped():
+    completer, document, offset, _ = completer_with("1 2 3", "def f():\n    value = |\n    return value\n")
+    plan = completer.plan(document, offset).plan
+    outcome = completer.generate(plan, CancelToken())
+    assert outcome.suggestion is None and outcome.reason == "post-processing left nothing"
+    completer, document, offset, _ = completer_with("1 + 2", "def f():\n    value = |\n    return value\n")
+    assert completer.generate(completer.plan(document, offset).plan, CancelToken()).suggestion.text == "1 + 2"
+
+
 def test_multi_line_suggestions_are_trimmed_to_what_parses():
     answer = "\n    if n < 2:\n        return n\n    return fib(n - 1) + fib(n - 2\n    x = ("
     completer, document, offset, _ = completer_with(answer, "def fib(n):|\n\n\nprint(fib(5))\n")

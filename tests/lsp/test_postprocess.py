@@ -216,6 +216,11 @@ def test_nested_closers_after_the_cursor():
 
 def test_suggestion_that_would_unbalance_the_line_is_rejected():
     assert run("print(|)\n", "a), b") is None
+    # A single line closes what it opens, also at the end of a line (so "foo(" alone is not offered).
+    assert run("codecs.S|\n", "treamWriter(((()") is None
+    assert run("handler = logging.getLogger|\n", "(") is None
+    kept = run("handler = logging.getLogger|\n", "(__name__)")
+    assert kept is not None and kept.text == "(__name__)"
 
 
 # --- rejections --------------------------------------------------------------------------------
