@@ -123,3 +123,11 @@ def test_language_aliases_and_extensions():
     assert syntax.grammar_for("javascriptreact") == "javascript"
     assert syntax.grammar_for("", "/x/y.hpp") == "cpp"
     assert syntax.grammar_for("markdown", "/x/README.md") is None
+
+
+def test_errors_near_a_row():
+    text = "def f():\n    value = 1 2\n    return value\n"
+    count, on_row = syntax.errors_near_row("python", text, 1)
+    assert count == 1 and on_row
+    assert syntax.errors_near_row("python", text, 2) == (1, False)
+    assert syntax.errors_near_row("python", "x = 1\n", 0) == (0, False)
