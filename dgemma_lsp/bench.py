@@ -24,6 +24,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dgemma_lsp.client import server_status, start_server, stop_server, utf16_length
+
 FALLBACK_FILES = ("textwrap.py", "shlex.py", "fnmatch.py", "colorsys.py", "heapq.py", "bisect.py")
 MAX_FILE_BYTES = 60_000
 
@@ -136,46 +138,16 @@ def run(args: argparse.Namespace) -> int:
 
 async def replay(traces: list[Trace], settings: dict, args: argparse.Namespace) -> int:
     from lsprotocol import types
-    from pygls.lsp.client import LanguageClient
 
     from dgemma_lsp import syntax
 
-    client = LanguageClient("dgemma-bench-lsp", "1")
-    for method in (types.WINDOW_LOG_MESSAGE, types.WINDOW_SHOW_MESSAGE, "dgemma/status"):
-        client.feature(method)(_ignore)
-    repo = Path(__file__).resolve().parent.parent
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(repo), env.get("PYTHONPATH", "")) if p)
-    await client.start_io(sys.executable, "-m", "dgemma_lsp", env=env)
-    capabilities = types.ClientCapabilities(
-        general=types.GeneralClientCapabilities(position_encodings=[types.PositionEncodingKind.Utf16]),
-        text_document=types.TextDocumentClientCapabilities(
-            inline_completion=types.InlineCompletionClientCapabilities(),
-            synchronization=types.TextDocumentSyncClientCapabilities(),
-        ),
-    )
-    started = time.monotonic()
-    await client.initialize_async(
-        types.InitializeParams(capabilities=capabilities, initialization_options={"dgemma": settings})
-    )
-    client.initialized(types.InitializedParams())
-
-    async def status() -> dict:
-        return await client.workspace_execute_command_async(
-            types.ExecuteCommandParams(command="dgemma.status")
-        )
-
-    state = await status()
-    while state.get("state") == "loading":
-        await asyncio.sleep(0.2)
-        state = await status()
+    client, state, load_s = await start_server(settings)
     if state.get("state") != "ready":
         print(f"error: the model did not load: {state.get('error')}", file=sys.stderr)
-        await _stop(client)
+        await stop_server(client)
         return 1
-    load_s = time.monotonic() - started
     print(f"server ready in {load_s:.1f} s: {state.get('backend')}")
-    before = await status()
+    before = await server_status(client)
 
     figures = Figures()
     for index, trace in enumerate(traces):
@@ -202,7 +174,7 @@ async def replay(traces: list[Trace], settings: dict, args: argparse.Namespace) 
                 lines[number] = indent + content[:typed]
                 params = types.InlineCompletionParams(
                     text_document=types.TextDocumentIdentifier(uri=uri),
-                    position=types.Position(line=number, character=_utf16(lines[number][:column])),
+                    position=types.Position(line=number, character=utf16_length(lines[number][:column])),
                     context=types.InlineCompletionContext(
                         trigger_kind=types.InlineCompletionTriggerKind.Automatic
                     ),
@@ -232,7 +204,7 @@ async def replay(traces: list[Trace], settings: dict, args: argparse.Namespace) 
                     if (line_text[:column] + insert).rstrip() == original.rstrip():
                         figures.exact += 1
                 version += 1
-                _insert(client, uri, version, number, _utf16(lines[number]), content[typed])
+                _insert(client, uri, version, number, utf16_length(lines[number]), content[typed])
             lines[number] = original
             text = "\n".join(lines)
         client.text_document_did_close(
@@ -243,18 +215,10 @@ async def replay(traces: list[Trace], settings: dict, args: argparse.Namespace) 
             flush=True,
         )
 
-    after_state = await status()
-    await _stop(client)
+    after_state = await server_status(client)
+    await stop_server(client)
     report(figures, before, after_state, traces, settings, load_s, args)
     return 0
-
-
-def _ignore(*args) -> None:
-    """The bench does not show the server's messages."""
-
-
-def _utf16(text: str) -> int:
-    return len(text.encode("utf-16-le")) // 2
 
 
 def _chars(line: str, column: int, item) -> int:
@@ -268,7 +232,7 @@ def _chars(line: str, column: int, item) -> int:
     for index, char in enumerate(rest):
         if units >= end - start:
             return index
-        units += _utf16(char)
+        units += utf16_length(char)
     return len(rest)
 
 
@@ -305,16 +269,6 @@ def _insert(client, uri: str, version: int, number: int, column: int, char: str)
             ],
         )
     )
-
-
-async def _stop(client) -> None:
-    try:
-        await asyncio.wait_for(client.shutdown_async(None), timeout=10)
-        client.exit(None)
-        await asyncio.wait_for(client.stop(), timeout=10)
-    except Exception:
-        if client._server is not None and client._server.returncode is None:
-            client._server.kill()
 
 
 def report(figures: Figures, before: dict, after: dict, traces, settings, load_s: float, args) -> None:

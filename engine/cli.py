@@ -21,6 +21,7 @@ SUBCOMMAND_MODULES = [
     "engine.training.commands",
     "engine.evaluation.commands",
     "engine.server.commands",
+    "dgemma_lsp.suggest",
     "dgemma_lsp.bench",
 ]
 

@@ -355,6 +355,10 @@ def compile_submodules(model: DiffusionGemmaTransformer) -> None:
 
     `Module.compile` keeps parameter names, so checkpoints are unchanged.
     """
+    import torch._dynamo
+
+    # Every RMSNorm instance shares one `forward`: its variants (widths, grad mode) need room.
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
     for layer in model.layers:
         for module in layer.children():
             if isinstance(module, (Attention, GatedMLP, RMSNorm)):

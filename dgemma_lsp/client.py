@@ -1,0 +1,69 @@
+"""A minimal LSP client that starts the real `dgemma-lsp` process, for `dgemma bench-lsp` and
+`dgemma suggest` (what an editor does, without the editor)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def _ignore(*args) -> None:
+    """These commands do not show the server's log and status notifications."""
+
+
+async def start_server(settings: dict):
+    """Start `python -m dgemma_lsp` over stdio with `settings` and wait until its model is loaded.
+
+    Returns `(client, status, seconds)`; `status` is the server's `dgemma.status` answer, whose
+    `state` is `ready` or `failed` (then `error` says why).
+    """
+    from lsprotocol import types
+    from pygls.lsp.client import LanguageClient
+
+    client = LanguageClient("dgemma-cli", "1")
+    for method in (types.WINDOW_LOG_MESSAGE, types.WINDOW_SHOW_MESSAGE, "dgemma/status"):
+        client.feature(method)(_ignore)
+    repo = Path(__file__).resolve().parent.parent
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(repo), env.get("PYTHONPATH", "")) if p)
+    started = time.monotonic()
+    await client.start_io(sys.executable, "-m", "dgemma_lsp", env=env)
+    capabilities = types.ClientCapabilities(
+        general=types.GeneralClientCapabilities(position_encodings=[types.PositionEncodingKind.Utf16]),
+        text_document=types.TextDocumentClientCapabilities(
+            inline_completion=types.InlineCompletionClientCapabilities(),
+            synchronization=types.TextDocumentSyncClientCapabilities(),
+        ),
+    )
+    await client.initialize_async(
+        types.InitializeParams(capabilities=capabilities, initialization_options={"dgemma": settings})
+    )
+    client.initialized(types.InitializedParams())
+    state = await server_status(client)
+    while state.get("state") == "loading":
+        await asyncio.sleep(0.2)
+        state = await server_status(client)
+    return client, state, time.monotonic() - started
+
+
+async def server_status(client) -> dict:
+    from lsprotocol import types
+
+    return await client.workspace_execute_command_async(types.ExecuteCommandParams(command="dgemma.status"))
+
+
+async def stop_server(client) -> None:
+    try:
+        await asyncio.wait_for(client.shutdown_async(None), timeout=10)
+        client.exit(None)
+        await asyncio.wait_for(client.stop(), timeout=10)
+    except Exception:
+        if client._server is not None and client._server.returncode is None:
+            client._server.kill()
+
+
+def utf16_length(text: str) -> int:
+    return len(text.encode("utf-16-le")) // 2
