@@ -271,6 +271,11 @@ def _insert(client, uri: str, version: int, number: int, column: int, char: str)
     )
 
 
+def _share(after: dict, before: dict, part: str, whole: str) -> float | None:
+    total = after.get(whole, 0) - before.get(whole, 0)
+    return (after.get(part, 0) - before.get(part, 0)) / total if total else None
+
+
 def report(figures: Figures, before: dict, after: dict, traces, settings, load_s: float, args) -> None:
     requests = max(1, after["requests"] - before["requests"])
     cache_hits = after["cache_hits"] - before["cache_hits"]
@@ -284,6 +289,7 @@ def report(figures: Figures, before: dict, after: dict, traces, settings, load_s
         "model_request_latency_p50_ms": percentile(figures.model_latencies_ms, 0.5),
         "model_request_latency_p95_ms": percentile(figures.model_latencies_ms, 0.95),
         "served_from_cache": cache_hits / requests,
+        "prompt_kv_reused": _share(after, before, "cached_prompt_tokens", "prompt_tokens"),
         "model_calls": after["model_calls"] - before["model_calls"],
         "no_suggestion_decisions": after["skipped"] - before["skipped"],
         "shown": figures.shown,
@@ -316,6 +322,7 @@ def report(figures: Figures, before: dict, after: dict, traces, settings, load_s
         f"{ms(data['model_request_latency_p95_ms'])}"
     )
     print(f"  served from cache             {share(data['served_from_cache'])} of requests")
+    print(f"  prompt KV reused              {share(data['prompt_kv_reused'])} of prompt tokens")
     print(
         f"  model calls                   {data['model_calls']} (deadline exceeded: {data['deadline_exceeded']})"
     )

@@ -88,6 +88,9 @@ class Stats:
     errors: int = 0
     skipped: int = 0
     accepted: int = 0
+    # Prompt tokens of the model calls, and those whose KV the engine reused from the last call.
+    prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0
     latencies_ms: deque = field(default_factory=lambda: deque(maxlen=1000))
 
     def as_dict(self) -> dict:
@@ -109,6 +112,8 @@ class Stats:
             "errors": self.errors,
             "skipped": self.skipped,
             "accepted": self.accepted,
+            "prompt_tokens": self.prompt_tokens,
+            "cached_prompt_tokens": self.cached_prompt_tokens,
             "model_latency_p50_ms": pct(0.5),
             "model_latency_p95_ms": pct(0.95),
         }
@@ -265,6 +270,8 @@ class Completer:
             return Outcome(None, "error", f"{type(error).__name__}: {error}", plan)
         finally:
             self.stats.latencies_ms.append((time.monotonic() - begin) * 1000)
+        self.stats.prompt_tokens += result.stats.prompt_tokens
+        self.stats.cached_prompt_tokens += result.stats.cached_prompt_tokens
         if token.cancelled:
             self.stats.cancelled += 1
             return Outcome(None, "cancelled", token.reason, plan)
