@@ -38,7 +38,7 @@ function M.check()
   local path = vim.fn.exepath(exe)
   if path == '' then
     health.error('`' .. exe .. '` not found', {
-      'install it: pip install dgemma-lsp (or pip install -e . in a checkout)',
+      'install it from a checkout: pip install torch==2.13.0 -e . (see the README)',
       "or point setup{ cmd = { '/path/to/venv/bin/dgemma-lsp' } } at it",
     })
   else
