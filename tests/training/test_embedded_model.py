@@ -58,7 +58,8 @@ def test_the_architecture_is_a_small_diffusiongemma():
 def test_no_argument_loads_the_embedded_model_offline_and_it_infills(model):
     assert model.source == "embedded" and model.has_fim_tokens
     assert all(model.tokenizer.token_id(t) is not None for t in FIM_TOKENS)
-    prefix, suffix = "import os\n\n\ndef main():\n    path = os.getcwd()\n    ", "\n"
+    prefix = "class Point:\n    def __init__(self, x, y):\n        self.x = x\n        "
+    suffix = "\n\n    def norm(self):\n        return (self.x ** 2 + self.y ** 2) ** 0.5\n"
     middles = []
     for seed in range(8):
         middles.append(model.infill(prefix, suffix, max_tokens=32, seed=seed))
