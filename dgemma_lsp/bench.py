@@ -24,7 +24,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dgemma_lsp.client import server_status, start_server, stop_server, utf16_length
+from dgemma_lsp.client import (
+    server_status,
+    settings_from_args,
+    start_server,
+    stop_server,
+    utf16_length,
+)
 
 FALLBACK_FILES = ("textwrap.py", "shlex.py", "fnmatch.py", "colorsys.py", "heapq.py", "bisect.py")
 MAX_FILE_BYTES = 60_000
@@ -123,16 +129,9 @@ def run(args: argparse.Namespace) -> int:
     if not traces:
         print("error: no lines to type in the chosen files", file=sys.stderr)
         return 1
-    settings: dict = {"device": args.device, "dtype": args.dtype, "seed": args.seed}
-    if args.model:
-        settings["model"] = args.model
-    if args.steps:
-        settings["steps"] = args.steps
+    settings = settings_from_args(args, device=args.device, dtype=args.dtype, seed=args.seed)
     if args.deadline_ms:
         settings["deadlineMs"] = args.deadline_ms
-    for item in args.setting:
-        key, _, value = item.partition("=")
-        settings[key] = json.loads(value)
     return asyncio.run(replay(traces, settings, args))
 
 

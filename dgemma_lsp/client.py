@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 import time
@@ -67,3 +68,18 @@ async def stop_server(client) -> None:
 
 def utf16_length(text: str) -> int:
     return len(text.encode("utf-16-le")) // 2
+
+
+def settings_from_args(args, **settings) -> dict:
+    """Server settings from the common options (`--model`, `--steps`, `--setting KEY=JSON`)."""
+    if args.model:
+        settings["model"] = args.model
+    if args.steps:
+        settings["steps"] = args.steps
+    for item in args.setting:
+        key, _, value = item.partition("=")
+        try:
+            settings[key] = json.loads(value)
+        except json.JSONDecodeError:  # a bare string: KEY=cuda
+            settings[key] = value
+    return settings

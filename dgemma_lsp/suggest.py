@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from dgemma_lsp.client import start_server, stop_server, utf16_length
+from dgemma_lsp.client import settings_from_args, start_server, stop_server, utf16_length
 
 EXAMPLE = """import math
 
@@ -99,17 +99,7 @@ def run(args: argparse.Namespace) -> int:
         except (OSError, UnicodeDecodeError, ValueError) as error:
             print(f"error: {path}: {error}", file=sys.stderr)
             return 1
-    settings: dict = {"device": args.device}
-    if args.model:
-        settings["model"] = args.model
-    if args.steps:
-        settings["steps"] = args.steps
-    for item in args.setting:
-        key, _, value = item.partition("=")
-        try:
-            settings[key] = json.loads(value)
-        except json.JSONDecodeError:
-            settings[key] = value
+    settings = settings_from_args(args, device=args.device)
     language = LANGUAGES.get(path.suffix.lower(), "plaintext")
     return asyncio.run(ask(path, text, language, line, column, settings))
 
