@@ -492,13 +492,20 @@ def create_app(model: Any, config: ServerConfig | None = None) -> FastAPI:
     def stream(
         jobs: list[Job],
         body: DiffusionParameters,
-        chunk: Callable[[int, str | None, str | None], dict],
-        head: Callable[[int], dict] | None,
         base: dict,
+        choice: Callable[[int, str | None, str | None], dict],
+        head: Callable[[int], dict] | None = None,
     ) -> StreamingResponse:
-        """SSE: for each choice in turn, its deltas canvas by canvas, then its finish reason."""
+        """SSE: for each choice in turn, its deltas canvas by canvas, then its finish reason.
+
+        `choice(index, text, finish)` builds one chunk's choice; `head(index)`, where given, the
+        choice sent before a choice's first delta."""
         enqueue(jobs)
         arrived = time.monotonic()
+        extra = {"usage": None} if body.include_usage else {}
+
+        def chunk(one: dict) -> str:
+            return sse({**base, "choices": [one], **extra})
 
         async def events() -> AsyncIterator[str]:
             results: list[Completion] = []
@@ -506,7 +513,7 @@ def create_app(model: Any, config: ServerConfig | None = None) -> FastAPI:
             try:
                 for index, job in enumerate(jobs):
                     if head is not None:
-                        yield sse(head(index))
+                        yield chunk(head(index))
                     while True:
                         remaining = job.deadline - time.monotonic() + DEADLINE_GRACE_S
                         try:
@@ -520,10 +527,10 @@ def create_app(model: Any, config: ServerConfig | None = None) -> FastAPI:
                             if first:
                                 metrics.first_chunk.observe(time.monotonic() - arrived)
                                 first = False
-                            yield sse(chunk(index, value, None))
+                            yield chunk(choice(index, value, None))
                         elif kind == "done":
                             results.append(value)
-                            yield sse(chunk(index, None, value.finish_reason))
+                            yield chunk(choice(index, None, value.finish_reason))
                             break
                         else:
                             for other in jobs:
@@ -561,13 +568,11 @@ def create_app(model: Any, config: ServerConfig | None = None) -> FastAPI:
         ident, now = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         base = {"id": ident, "object": "text_completion", "created": now, "model": config.model_name}
         if body.stream:
-            extra = {"usage": None} if body.include_usage else {}
 
-            def chunk(index: int, text: str | None, finish: str | None) -> dict:
-                choice = {"index": index, "text": text or "", "finish_reason": finish, "logprobs": None}
-                return {**base, "choices": [choice], **extra}
+            def choice(index: int, text: str | None, finish: str | None) -> dict:
+                return {"index": index, "text": text or "", "finish_reason": finish, "logprobs": None}
 
-            return stream(jobs, body, chunk, None, base)
+            return stream(jobs, body, base, choice)
 
         async def whole() -> CompletionResponse:
             results = await run(jobs, request)
@@ -596,19 +601,16 @@ def create_app(model: Any, config: ServerConfig | None = None) -> FastAPI:
         ident, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         base = {"id": ident, "object": "chat.completion.chunk", "created": now, "model": config.model_name}
         if body.stream:
-            extra = {"usage": None} if body.include_usage else {}
 
-            def chunk(index: int, text: str | None, finish: str | None) -> dict:
+            def choice(index: int, text: str | None, finish: str | None) -> dict:
                 delta = {"content": text} if text is not None else {}
-                choice = {"index": index, "delta": delta, "finish_reason": finish, "logprobs": None}
-                return {**base, "choices": [choice], **extra}
+                return {"index": index, "delta": delta, "finish_reason": finish, "logprobs": None}
 
             def head(index: int) -> dict:
                 delta = {"role": "assistant", "content": ""}
-                choice = {"index": index, "delta": delta, "finish_reason": None, "logprobs": None}
-                return {**base, "choices": [choice], **extra}
+                return {"index": index, "delta": delta, "finish_reason": None, "logprobs": None}
 
-            return stream([job], body, chunk, head, base)
+            return stream([job], body, base, choice, head)
 
         async def whole() -> ChatCompletionResponse:
             results = await run([job], request)

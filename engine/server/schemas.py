@@ -21,6 +21,8 @@ from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
+from engine.api import SAMPLER_KNOBS
+
 # Hard limits that keep a single request from taking the server down; the server's own limits
 # (`max_tokens`, steps) are checked against its configuration in app.py.
 MAX_STOP_STRINGS = 16
@@ -113,13 +115,7 @@ class DiffusionParameters(BaseModel):
         return [s for s in stops if s]
 
     def sampler_knobs(self) -> dict[str, float | int]:
-        knobs = {
-            "entropy_bound": self.entropy_bound,
-            "t_min": self.t_min,
-            "t_max": self.t_max,
-            "stability_threshold": self.stability_threshold,
-            "confidence_threshold": self.confidence_threshold,
-        }
+        knobs = {k: getattr(self, k) for k in SAMPLER_KNOBS}
         return {k: v for k, v in knobs.items() if v is not None}
 
     @property
@@ -173,7 +169,7 @@ class CompletionRequest(DiffusionParameters):
             )
         if self.suffix is not None and self.sampler_knobs():
             problems.append(
-                "sampler knobs (entropy_bound, t_min, t_max, stability_threshold, confidence_threshold) "
+                f"sampler knobs ({', '.join(SAMPLER_KNOBS)}) "
                 "cannot be combined with suffix; diffusion_steps and seed can"
             )
         if self.suffix is None and (self.input_extra or self.path or self.language):

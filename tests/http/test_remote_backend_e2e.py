@@ -73,10 +73,15 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def remote(checkpoint: Path):
-    model = DiffusionGemmaModel.from_pretrained(
+def model(checkpoint: Path) -> DiffusionGemmaModel:
+    """The checkpoint loaded once; each server below runs its own app (and metrics) over it."""
+    return DiffusionGemmaModel.from_pretrained(
         checkpoint, config=DiffusionConfig(device="cpu", dtype="float32")
     )
+
+
+@pytest.fixture(scope="module")
+def remote(model: DiffusionGemmaModel):
     with LiveServer(model, BASE_CONFIG) as live:
         yield live
 
@@ -172,11 +177,8 @@ async def test_remote_backend_suggests_exactly_what_the_in_process_engine_does(
 
 
 async def test_cancel_request_closes_the_connection_and_stops_the_server(
-    lsp: LanguageClient, checkpoint: Path
+    lsp: LanguageClient, model: DiffusionGemmaModel
 ):
-    model = DiffusionGemmaModel.from_pretrained(
-        checkpoint, config=DiffusionConfig(device="cpu", dtype="float32")
-    )
     with LiveServer(model, BASE_CONFIG) as live:
         # 256 denoising steps of a 64-token canvas take seconds on the tiny model.
         options = remote_options(live.url, steps=256, deadlineMs=60_000, singleLineTokens=64)
@@ -217,10 +219,9 @@ async def test_an_unreachable_endpoint_gives_a_clear_status(lsp: LanguageClient)
     assert await inline(lsp, position) == []
 
 
-async def test_an_endpoint_that_goes_away_is_reported_in_the_status(lsp: LanguageClient, checkpoint: Path):
-    model = DiffusionGemmaModel.from_pretrained(
-        checkpoint, config=DiffusionConfig(device="cpu", dtype="float32")
-    )
+async def test_an_endpoint_that_goes_away_is_reported_in_the_status(
+    lsp: LanguageClient, model: DiffusionGemmaModel
+):
     live = LiveServer(model, BASE_CONFIG).__enter__()
     try:
         await start_session(lsp, capabilities_of("vscode@1.139"), remote_options(live.url))
