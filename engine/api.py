@@ -318,7 +318,6 @@ class DiffusionGemmaModel:
                             reasons[row] = "stop"
                             break
                         if len(outputs[row]) >= max_tokens[row]:
-                            reasons[row] = "length"
                             break
                         outputs[row].append(token)
                     if reasons[row] is None and len(outputs[row]) >= max_tokens[row]:

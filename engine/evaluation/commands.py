@@ -129,7 +129,7 @@ def _model_predictor(args: argparse.Namespace):
         import torch
 
         torch.set_num_threads(args.threads)
-    from engine.api import DiffusionGemmaModel
+    from engine.api import SAMPLER_KNOBS, DiffusionGemmaModel
     from engine.config import DiffusionConfig
 
     config = DiffusionConfig(
@@ -138,11 +138,7 @@ def _model_predictor(args: argparse.Namespace):
         dtype=args.dtype,
         seed=args.seed,
         local_files_only=True,
-        entropy_bound=args.entropy_bound,
-        t_min=args.t_min,
-        t_max=args.t_max,
-        stability_threshold=args.stability_threshold,
-        confidence_threshold=args.confidence_threshold,
+        **{knob: getattr(args, knob) for knob in SAMPLER_KNOBS},
     )
     model = DiffusionGemmaModel.from_pretrained(args.model, config=config)
     return ModelPredictor(

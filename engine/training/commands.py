@@ -1,4 +1,4 @@
-"""`dgemma corpus`, `dgemma train-tokenizer` and `dgemma train` (heavy imports stay in the handlers)."""
+"""`dgemma corpus`, `train-tokenizer`, `train` and `ship-model` (heavy imports stay in the handlers)."""
 
 from __future__ import annotations
 
@@ -103,8 +103,10 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_ship(args: argparse.Namespace) -> int:
-    from engine.training.ship import run_ship as ship
+    from engine.loading import EMBEDDED_MODEL_DIR
+    from engine.training.ship import ship
 
-    if args.out is None:
-        args.out = str(Path(__file__).resolve().parent.parent / "embedded")
-    return ship(args)
+    out = args.out or str(EMBEDDED_MODEL_DIR)
+    size = ship(args.model, out, args.dtype)
+    print(f"{out}: {size / 1e6:.1f} MB")
+    return 0

@@ -428,6 +428,13 @@ class ExampleBuilder:
     import_snippet_probability: float = 0.3
     path_probability: float = 0.8
 
+    def draw_prefix_budget(self, rng: random.Random) -> int:
+        return rng.randint(min(self.min_prefix_tokens, self.max_prefix_tokens), self.max_prefix_tokens)
+
+    def draw_suffix_budget(self, rng: random.Random) -> int:
+        """Usually a random window; one time in ten no suffix at all."""
+        return rng.randint(0, self.max_suffix_tokens) if rng.random() < 0.9 else 0
+
     def prompt_text(
         self,
         prefix: str,
@@ -440,11 +447,9 @@ class ExampleBuilder:
         """The FIM prompt text; budgets left as None are drawn at random."""
         rng = rng or random.Random(0)
         if prefix_budget is None:
-            prefix_budget = rng.randint(
-                min(self.min_prefix_tokens, self.max_prefix_tokens), self.max_prefix_tokens
-            )
+            prefix_budget = self.draw_prefix_budget(rng)
         if suffix_budget is None:
-            suffix_budget = rng.randint(0, self.max_suffix_tokens) if rng.random() < 0.9 else 0
+            suffix_budget = self.draw_suffix_budget(rng)
         window_prefix = clip_prefix(self.tokenizer, prefix, prefix_budget)
         window_suffix = clip_suffix(self.tokenizer, suffix, suffix_budget)
         snippets: list[ContextSnippet] = []

@@ -7,7 +7,6 @@ compute dtype, float32 on a CPU), the other files are copied as they are, and th
 
 from __future__ import annotations
 
-import argparse
 import shutil
 from pathlib import Path
 
@@ -36,9 +35,3 @@ def ship(source: str | Path, destination: str | Path, dtype: str = "bfloat16") -
         if path.is_file():
             path.chmod(0o644)  # readable by whoever installs the package
     return sum(p.stat().st_size for p in destination.iterdir() if p.is_file())
-
-
-def run_ship(args: argparse.Namespace) -> int:
-    size = ship(args.model, args.out, args.dtype)
-    print(f"{args.out}: {size / 1e6:.1f} MB")
-    return 0

@@ -46,6 +46,7 @@ from tokenizers import Tokenizer
 
 from engine.config import FULL, SLIDING, ModelConfig, TextConfig
 from engine.model import Attention, DiffusionGemmaTransformer, GatedMLP, RMSNorm
+from engine.random_model import tiny_text_config
 from engine.sampler import SamplerConfig
 from engine.training.corpus import HELDOUT, TRAIN, collect
 from engine.training.holes import (
@@ -85,22 +86,13 @@ def text_config(preset: str, vocab_size: int) -> TextConfig:
             eos_token_id=[EOS_ID],
         )
     if preset == "tiny":
-        return TextConfig(
+        return tiny_text_config(
             vocab_size=vocab_size,
-            hidden_size=64,
-            intermediate_size=96,
             moe_intermediate_size=32,
             num_hidden_layers=4,
             layer_types=[SLIDING, SLIDING, SLIDING, FULL],
             sliding_window=64,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=16,
-            global_head_dim=32,
-            num_global_key_value_heads=1,
             num_experts=4,
-            top_k_experts=2,
-            max_position_embeddings=4096,
             eos_token_id=[EOS_ID],
         )
     raise ValueError(f"unknown model preset {preset!r} (embedded, tiny)")
@@ -223,8 +215,8 @@ class HoleData:
         if rng.random() < c.long_context_share:
             prefix_budget = rng.randint(c.max_prefix_tokens, max(c.max_prefix_tokens, c.long_prefix_tokens))
         else:
-            prefix_budget = rng.randint(min(32, c.max_prefix_tokens), c.max_prefix_tokens)
-        suffix_budget = rng.randint(0, c.max_suffix_tokens) if rng.random() < 0.9 else 0
+            prefix_budget = self.builder.draw_prefix_budget(rng)
+        suffix_budget = self.builder.draw_suffix_budget(rng)
         examples = [self.example(rng, canvas_length, prefix_budget, suffix_budget) for _ in range(batch_size)]
         return collate(examples)
 
@@ -414,9 +406,7 @@ class Trainer:
             text=self.text_config, canvas_length=max(config.canvas_lengths), eos_token_id=[EOS_ID]
         )
         self.data = HoleData(train_files, self.tokenizer, config, progress=config.progress)
-        self.heldout = (
-            HoleData(heldout_files or train_files, self.tokenizer, config) if heldout_files else self.data
-        )
+        self.heldout = HoleData(heldout_files, self.tokenizer, config) if heldout_files else self.data
         self.model = DiffusionGemmaTransformer(self.text_config)
         self.model.init_weights(std=config.init_std, generator=torch.Generator().manual_seed(config.seed))
         self.model.to(self.device)
@@ -519,14 +509,12 @@ class Trainer:
             )
         started = time.perf_counter()
         start_seconds = self.train_seconds
-        tokens = 0
         try:
             while self.step < config.steps and (
                 config.stop_at_step is None or self.step < config.stop_at_step
             ):
                 parts = self.train_step()
                 self.train_seconds = start_seconds + time.perf_counter() - started
-                tokens += parts["prompt_tokens"] + config.batch_size * parts["canvas"]
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(
@@ -654,5 +642,4 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     values["canvas_lengths"] = tuple(int(x) for x in str(args.canvas_lengths).split(","))
     values["canvas_weights"] = tuple(float(x) for x in str(args.canvas_weights).split(","))
     values["progress"] = not args.no_progress
-    values.pop("kind_weights", None)
     return TrainConfig(**values)
