@@ -136,17 +136,15 @@ def _enclosing_at(text: str, grammar: str, tree, offset: int, kinds: frozenset[s
     header (`def f():|`), and in Python on a comment-only body line, which tree-sitter attaches
     outside the function."""
     byte = _byte(text, offset)
-    chain = syntax.enclosing(tree, byte, kinds)
-    if byte > 0:
-        node = tree.root_node.descendant_for_byte_range(byte - 1, byte)
-        before = []
-        while node is not None:
-            if node.type in kinds:
-                before.append(node)
-            node = node.parent
-        before.reverse()
-        if len(before) > len(chain):
-            chain = before
+    # The ancestors of the node holding the character before the cursor: every node with
+    # start < byte <= end (what syntax.enclosing asks for), also one that ends at the cursor.
+    chain = []
+    node = tree.root_node.descendant_for_byte_range(byte - 1, byte) if byte > 0 else None
+    while node is not None:
+        if node.type in kinds:
+            chain.append(node)
+        node = node.parent
+    chain.reverse()
     if grammar == "python":
         owner = _python_owner(text, tree, offset, kinds)
         if owner is not None and all(owner.id != node.id for node in chain):
@@ -455,16 +453,14 @@ def compute(
     if not jobs:
         raise ActionError("nothing to fill here")
 
-    edits: list[Edit] = []
-    together: dict[int, Edit] = {}
-    if infill_many is not None and len(jobs) > 1:
-        together = _fill_together(jobs, text, grammar, infill_many, count, budget, path)
-        edits.extend(together.values())
+    batched = infill_many is not None and len(jobs) > 1
+    together = _fill_together(jobs, text, grammar, infill_many, count, budget, path) if batched else {}
+    edits: list[Edit] = list(together.values())
+    # Holes the batch left unfilled are retried one by one (from the next seed), seeing the fills so far.
+    first_seed = 1 if batched else 0
     for index, job in enumerate(jobs):
         if index in together:
             continue
-        # Holes the batch left unfilled are retried one by one, seeing the fills so far.
-        first_seed = 1 if infill_many is not None and len(jobs) > 1 else 0
         edit = _fill(job, text, edits, grammar, infill, count, budget, path, attempts, first_seed)
         if edit is not None:
             edits.append(edit)

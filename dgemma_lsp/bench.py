@@ -25,6 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dgemma_lsp.client import (
+    change_document,
+    open_document,
+    replaced_chars,
     server_status,
     settings_from_args,
     start_server,
@@ -153,20 +156,14 @@ async def replay(traces: list[Trace], settings: dict, args: argparse.Namespace) 
         uri = Path(trace.path).resolve().as_uri()
         version = 1
         text = trace.text
-        client.text_document_did_open(
-            types.DidOpenTextDocumentParams(
-                text_document=types.TextDocumentItem(
-                    uri=uri, language_id="python", version=version, text=text
-                )
-            )
-        )
+        open_document(client, uri, text, "python", version)
         baseline_errors = syntax.text_error_count("python", text)
         for number in trace.lines:
             original = text.split("\n")[number]
             indent = original[: len(original) - len(original.lstrip())]
             content = original[len(indent) :]
             version += 1
-            _replace_line(client, uri, version, number, indent)
+            change_document(client, uri, version, (number, 0), (number, 10_000), indent)
             lines = text.split("\n")
             for typed in range(len(content)):
                 column = len(indent) + typed
@@ -203,7 +200,8 @@ async def replay(traces: list[Trace], settings: dict, args: argparse.Namespace) 
                     if (line_text[:column] + insert).rstrip() == original.rstrip():
                         figures.exact += 1
                 version += 1
-                _insert(client, uri, version, number, utf16_length(lines[number]), content[typed])
+                end = (number, utf16_length(lines[number]))
+                change_document(client, uri, version, end, end, content[typed])
             lines[number] = original
             text = "\n".join(lines)
         client.text_document_did_close(
@@ -221,53 +219,8 @@ async def replay(traces: list[Trace], settings: dict, args: argparse.Namespace) 
 
 
 def _chars(line: str, column: int, item) -> int:
-    """Characters after the cursor that the item's range replaces (utf-16 columns -> str length)."""
-    if item.range is None:
-        return 0
-    end = item.range.end.character
-    start = item.range.start.character
-    rest = line[column:]
-    units = 0
-    for index, char in enumerate(rest):
-        if units >= end - start:
-            return index
-        units += utf16_length(char)
-    return len(rest)
-
-
-def _replace_line(client, uri: str, version: int, number: int, text: str) -> None:
-    from lsprotocol import types
-
-    client.text_document_did_change(
-        types.DidChangeTextDocumentParams(
-            text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=version),
-            content_changes=[
-                types.TextDocumentContentChangePartial(
-                    range=types.Range(
-                        start=types.Position(line=number, character=0),
-                        end=types.Position(line=number, character=10_000),
-                    ),
-                    text=text,
-                )
-            ],
-        )
-    )
-
-
-def _insert(client, uri: str, version: int, number: int, column: int, char: str) -> None:
-    from lsprotocol import types
-
-    position = types.Position(line=number, character=column)
-    client.text_document_did_change(
-        types.DidChangeTextDocumentParams(
-            text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=version),
-            content_changes=[
-                types.TextDocumentContentChangePartial(
-                    range=types.Range(start=position, end=position), text=char
-                )
-            ],
-        )
-    )
+    """Characters after the cursor that the item's range replaces."""
+    return 0 if item.range is None else replaced_chars(line[column:], item.range)
 
 
 def _share(after: dict, before: dict, part: str, whole: str) -> float | None:

@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from dgemma_lsp.positions import Encoding, code_units, column_to_index
+
 
 def _ignore(*args) -> None:
     """These commands do not show the server's log and status notifications."""
@@ -67,7 +69,42 @@ async def stop_server(client) -> None:
 
 
 def utf16_length(text: str) -> int:
-    return len(text.encode("utf-16-le")) // 2
+    return code_units(text, Encoding.UTF16)
+
+
+def replaced_chars(rest: str, replaced) -> int:
+    """Characters at the start of `rest` (the line after the cursor) that an item's range replaces."""
+    return column_to_index(rest, replaced.end.character - replaced.start.character, Encoding.UTF16)
+
+
+def open_document(client, uri: str, text: str, language: str = "python", version: int = 1) -> None:
+    from lsprotocol import types
+
+    client.text_document_did_open(
+        types.DidOpenTextDocumentParams(
+            text_document=types.TextDocumentItem(uri=uri, language_id=language, version=version, text=text)
+        )
+    )
+
+
+def change_document(client, uri: str, version: int, start, end, text: str) -> None:
+    """Replace the range from `start` to `end` ((line, character) each) with `text`."""
+    from lsprotocol import types
+
+    client.text_document_did_change(
+        types.DidChangeTextDocumentParams(
+            text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=version),
+            content_changes=[
+                types.TextDocumentContentChangePartial(
+                    range=types.Range(
+                        start=types.Position(line=start[0], character=start[1]),
+                        end=types.Position(line=end[0], character=end[1]),
+                    ),
+                    text=text,
+                )
+            ],
+        )
+    )
 
 
 def settings_from_args(args, **settings) -> dict:

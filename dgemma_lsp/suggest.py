@@ -17,7 +17,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from dgemma_lsp.client import settings_from_args, start_server, stop_server, utf16_length
+from dgemma_lsp.client import (
+    open_document,
+    replaced_chars,
+    settings_from_args,
+    start_server,
+    stop_server,
+    utf16_length,
+)
 
 EXAMPLE = """import math
 
@@ -115,11 +122,7 @@ async def ask(path: Path, text: str, language: str, line: int, column: int, sett
             return 1
         print(f"ready in {load_s:.1f} s: {state.get('backend')}")
         uri = path.resolve().as_uri()
-        client.text_document_did_open(
-            types.DidOpenTextDocumentParams(
-                text_document=types.TextDocumentItem(uri=uri, language_id=language, version=1, text=text)
-            )
-        )
+        open_document(client, uri, text, language)
         lines = text.split("\n")
         params = types.InlineCompletionParams(
             text_document=types.TextDocumentIdentifier(uri=uri),
@@ -147,11 +150,7 @@ def render(lines: list[str], line: int, column: int, insert: str, replaced=None,
     after = lines[line][column:]
     if replaced is not None and replaced.end.line == line:
         # The item replaces text after the cursor (an auto-closed bracket): drop those characters.
-        units, cut = replaced.end.character - replaced.start.character, 0
-        while cut < len(after) and units > 0:
-            units -= utf16_length(after[cut])
-            cut += 1
-        after = after[cut:]
+        after = after[replaced_chars(after, replaced) :]
     new = (lines[line][:column] + insert + after).split("\n")
     first = max(0, line - around)
     out = [f"  {text}" for text in lines[first:line]]

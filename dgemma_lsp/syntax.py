@@ -340,19 +340,20 @@ def walk(node: ts.Node) -> Iterator[ts.Node]:
                 return
 
 
-def error_count(tree: ts.Tree | ts.Node) -> int:
+def error_nodes(tree: ts.Tree | ts.Node) -> Iterator[ts.Node]:
     """ERROR and MISSING nodes in the tree (only subtrees that contain errors are visited)."""
     root = tree.root_node if isinstance(tree, ts.Tree) else tree
-    if not root.has_error:
-        return 0
-    count = 0
-    stack = [root]
+    stack = [root] if root.has_error else []
     while stack:
         node = stack.pop()
         if node.is_error or node.is_missing:
-            count += 1
+            yield node
         stack.extend(child for child in node.children if child.has_error or child.is_missing)
-    return count
+
+
+def error_count(tree: ts.Tree | ts.Node) -> int:
+    """ERROR and MISSING nodes in the tree."""
+    return sum(1 for _ in error_nodes(tree))
 
 
 def text_error_count(grammar: str, text: str) -> int:
@@ -361,17 +362,8 @@ def text_error_count(grammar: str, text: str) -> int:
 
 def errors_near_row(grammar: str, text: str, row: int) -> tuple[int, bool]:
     """(error count, whether an ERROR or MISSING node touches line `row`) of `text`."""
-    root = parse(grammar, encode(text)).root_node
-    count = 0
-    on_row = False
-    stack = [root] if root.has_error else []
-    while stack:
-        node = stack.pop()
-        if node.is_error or node.is_missing:
-            count += 1
-            on_row = on_row or node.start_point[0] <= row <= node.end_point[0]
-        stack.extend(child for child in node.children if child.has_error or child.is_missing)
-    return count, on_row
+    errors = list(error_nodes(parse(grammar, encode(text))))
+    return len(errors), any(node.start_point[0] <= row <= node.end_point[0] for node in errors)
 
 
 def node_at(tree: ts.Tree, byte: int) -> ts.Node:

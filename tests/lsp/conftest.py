@@ -19,6 +19,9 @@ from lsprotocol import types
 from pygls.protocol import default_converter
 from pytest_lsp import ClientServerConfig, LanguageClient, client_capabilities
 
+from dgemma_lsp.client import change_document as change_document
+from dgemma_lsp.client import open_document as open_document
+from dgemma_lsp.client import server_status
 from engine.random_model import write_random_checkpoint
 
 HERE = Path(__file__).resolve().parent
@@ -126,9 +129,7 @@ async def wait_until_ready(client: LanguageClient, timeout: float = 60.0) -> dic
     end = time.monotonic() + timeout
     status: dict = {}
     while time.monotonic() < end:
-        status = await client.workspace_execute_command_async(
-            types.ExecuteCommandParams(command="dgemma.status")
-        )
+        status = await server_status(client)
         if status and status.get("state") in ("ready", "failed"):
             return status
         await asyncio.sleep(0.1)
@@ -150,30 +151,3 @@ async def send_raw(client: LanguageClient, message: dict) -> object:
     client.protocol._request_futures[message["id"]] = future
     client.protocol._send_data(message)
     return await asyncio.wrap_future(future)
-
-
-def open_document(
-    client: LanguageClient, uri: str, text: str, language: str = "python", version: int = 1
-) -> None:
-    client.text_document_did_open(
-        types.DidOpenTextDocumentParams(
-            text_document=types.TextDocumentItem(uri=uri, language_id=language, version=version, text=text)
-        )
-    )
-
-
-def change_document(client: LanguageClient, uri: str, version: int, start, end, text: str) -> None:
-    client.text_document_did_change(
-        types.DidChangeTextDocumentParams(
-            text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=version),
-            content_changes=[
-                types.TextDocumentContentChangePartial(
-                    range=types.Range(
-                        start=types.Position(line=start[0], character=start[1]),
-                        end=types.Position(line=end[0], character=end[1]),
-                    ),
-                    text=text,
-                )
-            ],
-        )
-    )

@@ -38,11 +38,21 @@ def offered(
     return {c.action: c for c in actions.find_actions(clean, grammar, tree, start, end)}
 
 
-def run(text: str, grammar: str, action: str, infill, selection: str | None = None) -> tuple[str, list]:
+def run(
+    text: str,
+    grammar: str,
+    action: str,
+    infill,
+    selection: str | None = None,
+    path: str = "/x/file",
+    infill_many=None,
+) -> tuple[str, list]:
     clean = text.replace("|", "", 1)
     candidate = offered(text, grammar, selection=selection)[action]
     tree = syntax.parse(grammar, syntax.encode(clean))
-    edits = actions.compute(candidate, clean, grammar, tree, infill, TokenCounter(), 64, 1024, "/x/file")
+    edits = actions.compute(
+        candidate, clean, grammar, tree, infill, TokenCounter(), 64, 1024, path, infill_many=infill_many
+    )
     return actions.apply_edits(clean, edits), edits
 
 
@@ -184,10 +194,12 @@ def test_docstring_without_any_words_is_refused():
         run("def add(a, b):\n    |return a + b\n", "python", "docstring", Scripted("   \n  ", "***", "\x00"))
 
 
+AREA = "def area(shape):\n    |kind = shape.kind\n    if kind == 'circle':\n        ...\n    return ...\n"
+
+
 def test_fill_placeholders_one_after_another():
-    text = "def area(shape):\n    |kind = shape.kind\n    if kind == 'circle':\n        ...\n    return ...\n"
     model = Scripted("return 3.14 * shape.r ** 2", "0")
-    result, edits = run(text, "python", "placeholders", model)
+    result, edits = run(AREA, "python", "placeholders", model)
     assert (
         result
         == "def area(shape):\n    kind = shape.kind\n    if kind == 'circle':\n        return 3.14 * shape.r ** 2\n    return 0\n"
@@ -229,16 +241,10 @@ class ScriptedBatch:
 
 
 def test_placeholders_are_filled_in_one_batch_when_the_backend_allows():
-    text = "def area(shape):\n    |kind = shape.kind\n    if kind == 'circle':\n        ...\n    return ...\n"
-    clean = text.replace("|", "", 1)
-    candidate = offered(text, "python")["placeholders"]
-    tree = syntax.parse("python", syntax.encode(clean))
     one_by_one = Scripted("unused")
     batch = ScriptedBatch(["return 3.14 * shape.r ** 2", "0"])
-    edits = actions.compute(
-        candidate, clean, "python", tree, one_by_one, TokenCounter(), 64, 1024, "/x.py", infill_many=batch
-    )
-    assert actions.apply_edits(clean, edits).endswith("        return 3.14 * shape.r ** 2\n    return 0\n")
+    result, _ = run(AREA, "python", "placeholders", one_by_one, path="/x.py", infill_many=batch)
+    assert result.endswith("        return 3.14 * shape.r ** 2\n    return 0\n")
     assert len(batch.calls) == 1 and len(batch.calls[0]) == 2
     assert one_by_one.requests == []
     # Each hole of the batch sees the other placeholder as it was.
@@ -246,15 +252,8 @@ def test_placeholders_are_filled_in_one_batch_when_the_backend_allows():
 
 
 def test_holes_the_batch_could_not_fill_are_retried_one_by_one():
-    text = "def area(shape):\n    |kind = shape.kind\n    if kind == 'circle':\n        ...\n    return ...\n"
-    clean = text.replace("|", "", 1)
-    candidate = offered(text, "python")["placeholders"]
-    tree = syntax.parse("python", syntax.encode(clean))
     one_by_one = Scripted("shape.r * 2")
     batch = ScriptedBatch(["return (((", "0"])
-    edits = actions.compute(
-        candidate, clean, "python", tree, one_by_one, TokenCounter(), 64, 1024, "/x.py", infill_many=batch
-    )
-    result = actions.apply_edits(clean, edits)
+    result, _ = run(AREA, "python", "placeholders", one_by_one, path="/x.py", infill_many=batch)
     assert "        shape.r * 2\n    return 0\n" in result
     assert one_by_one.requests[0].seed == 1 and "return 0" in one_by_one.requests[0].suffix

@@ -14,6 +14,7 @@ from lsprotocol import types
 from pygls.exceptions import JsonRpcException
 from pytest_lsp import LanguageClient
 
+from dgemma_lsp.client import server_status as status
 from tests.lsp.conftest import (
     SERVER,
     capabilities_of,
@@ -48,8 +49,17 @@ def inline_params(uri: str, line: int, character: int) -> types.InlineCompletion
     )
 
 
-async def status(client: LanguageClient) -> dict:
-    return await client.workspace_execute_command_async(types.ExecuteCommandParams(command="dgemma.status"))
+async def code_actions(client: LanguageClient, uri: str, end_line: int):
+    """The code actions for lines 0 to `end_line` (column 0 both)."""
+    return await client.text_document_code_action_async(
+        types.CodeActionParams(
+            text_document=types.TextDocumentIdentifier(uri=uri),
+            range=types.Range(
+                start=types.Position(line=0, character=0), end=types.Position(line=end_line, character=0)
+            ),
+            context=types.CodeActionContext(diagnostics=[]),
+        )
+    )
 
 
 async def still_serving(client: LanguageClient) -> None:
@@ -104,15 +114,7 @@ async def test_unknown_methods_uris_and_documents(client: LanguageClient):
         )
     )
     assert list(completion.items) == []
-    actions = await client.text_document_code_action_async(
-        types.CodeActionParams(
-            text_document=types.TextDocumentIdentifier(uri="file:///never/opened.py"),
-            range=types.Range(
-                start=types.Position(line=0, character=0), end=types.Position(line=0, character=0)
-            ),
-            context=types.CodeActionContext(diagnostics=[]),
-        )
-    )
+    actions = await code_actions(client, "file:///never/opened.py", 0)
     assert actions == [] or list(actions) == []
     change_document(client, "file:///never/opened.py", 2, (0, 0), (0, 0), "x")
     client.text_document_did_close(
@@ -146,15 +148,7 @@ async def test_huge_and_binary_files_get_no_suggestion_quickly(client: LanguageC
     open_document(client, "file:///p/blob.bin", "PK\x03\x04\x00\x00\x14\x00" * 100, language="plaintext")
     result = await client.text_document_inline_completion_async(inline_params("file:///p/blob.bin", 0, 4))
     assert list(result.items) == []
-    actions = await client.text_document_code_action_async(
-        types.CodeActionParams(
-            text_document=types.TextDocumentIdentifier(uri="file:///p/huge.py"),
-            range=types.Range(
-                start=types.Position(line=0, character=0), end=types.Position(line=100_000, character=0)
-            ),
-            context=types.CodeActionContext(diagnostics=[]),
-        )
-    )
+    actions = await code_actions(client, "file:///p/huge.py", 100_000)
     assert list(actions) == []
     state = await status(client)
     assert state["skipped"] - before["skipped"] >= 2 and state["model_calls"] == before["model_calls"]

@@ -20,6 +20,7 @@ from pygls.exceptions import JsonRpcException
 from pytest_lsp import LanguageClient
 
 from dgemma_lsp import syntax
+from dgemma_lsp.client import server_status as status
 from tests.lsp.conftest import (
     SERVER,
     capabilities_of,
@@ -77,10 +78,6 @@ async def inline(
             context=types.InlineCompletionContext(trigger_kind=kind, selected_completion_info=selected),
         )
     )
-
-
-async def status(client: LanguageClient) -> dict:
-    return await client.workspace_execute_command_async(types.ExecuteCommandParams(command="dgemma.status"))
 
 
 def assert_item_is_safe(item: types.InlineCompletionItem, text: str, position: types.Position) -> None:
@@ -221,21 +218,26 @@ async def test_selected_completion_item_is_extended_on_its_range(vscode: Languag
         assert item.insert_text.startswith("_split_chunks") and item.range.start == start
 
 
-async def test_cancel_request_stops_the_engine_between_steps(fresh_client: LanguageClient, lsp_checkpoint):
-    # 256 denoising steps of a 64-token canvas take seconds on the tiny model.
+async def slow_session(client: LanguageClient, checkpoint) -> types.InlineCompletionParams:
+    """A server whose inline completions take seconds (256 denoising steps of a 64-token canvas on
+    the tiny model), and the request for a cursor in an open document."""
     await start_session(
-        fresh_client,
+        client,
         capabilities_of("vscode@1.139"),
-        init_options(lsp_checkpoint, steps=256, deadlineMs=60_000, singleLineTokens=64),
+        init_options(checkpoint, steps=256, deadlineMs=60_000, singleLineTokens=64),
     )
-    await wait_until_ready(fresh_client)
+    await wait_until_ready(client)
     text, position = typing_state(TEXTWRAP.read_text(), "chunks = ")
-    open_document(fresh_client, URI, text)
-    params = types.InlineCompletionParams(
+    open_document(client, URI, text)
+    return types.InlineCompletionParams(
         text_document=types.TextDocumentIdentifier(uri=URI),
         position=position,
         context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic),
     )
+
+
+async def test_cancel_request_stops_the_engine_between_steps(fresh_client: LanguageClient, lsp_checkpoint):
+    params = await slow_session(fresh_client, lsp_checkpoint)
     future = fresh_client.protocol.send_request(
         types.TEXT_DOCUMENT_INLINE_COMPLETION, params, msg_id="slow-1"
     )
@@ -249,7 +251,7 @@ async def test_cancel_request_stops_the_engine_between_steps(fresh_client: Langu
     fresh_client.workspace_did_change_configuration(
         types.DidChangeConfigurationParams(settings={"dgemma": {"steps": 2, "singleLineTokens": 8}})
     )
-    result = await inline(fresh_client, URI, position)
+    result = await inline(fresh_client, URI, params.position)
     assert isinstance(result, types.InlineCompletionList)
     assert time.monotonic() - started < 4.0
     state = await status(fresh_client)
@@ -259,19 +261,7 @@ async def test_cancel_request_stops_the_engine_between_steps(fresh_client: Langu
 async def test_a_newer_request_for_the_same_document_cancels_the_older(
     fresh_client: LanguageClient, lsp_checkpoint
 ):
-    await start_session(
-        fresh_client,
-        capabilities_of("vscode@1.139"),
-        init_options(lsp_checkpoint, steps=256, deadlineMs=60_000, singleLineTokens=64),
-    )
-    await wait_until_ready(fresh_client)
-    text, position = typing_state(TEXTWRAP.read_text(), "chunks = ")
-    open_document(fresh_client, URI, text)
-    params = types.InlineCompletionParams(
-        text_document=types.TextDocumentIdentifier(uri=URI),
-        position=position,
-        context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic),
-    )
+    params = await slow_session(fresh_client, lsp_checkpoint)
     started = time.monotonic()
     older = fresh_client.protocol.send_request(types.TEXT_DOCUMENT_INLINE_COMPLETION, params, msg_id="older")
     await asyncio.sleep(0.5)
