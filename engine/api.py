@@ -14,7 +14,6 @@ nearly the same prompt at every keystroke). `last_stats` describes the last call
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -31,13 +30,12 @@ from engine.errors import ConfigError, PromptTooLongError
 from engine.generation import StopCheck, generate_canvases
 from engine.loading import load_transformer, read_generation_config, resolve_model_path
 from engine.model import DiffusionGemmaTransformer
-from engine.prompting import chat_infill_messages, fim_prompt
+from engine.prompting import chat_infill_messages, fim_prompt, strip_code_fence
 from engine.requests import GenerationStats, InfillRequest, InfillResult
 from engine.sampler import EntropyBoundSampler, GeneratorRandom, RandomSource, ReferenceRandom, SamplerConfig
 from engine.tokenizer import Tokenizer
 
 SAMPLER_KNOBS = ("entropy_bound", "t_min", "t_max", "stability_threshold", "confidence_threshold")
-_FENCE = re.compile(r"^\s*```[\w+-]*\n(.*?)\n?```\s*$", re.DOTALL)
 
 
 @dataclass
@@ -251,8 +249,7 @@ class DiffusionGemmaModel:
                     self.chat_prompt_ids(messages), request.max_tokens, self.canvas_length, options, None
                 )
             )
-            fenced = _FENCE.match(out)
-            out = fenced.group(1) if fenced else out
+            out = strip_code_fence(out)
         return InfillResult(out, replace(self.last_stats))
 
     def warmup(self) -> None:
@@ -471,7 +468,7 @@ class DiffusionGemmaModel:
             for new, eos in canvases:
                 tokens.extend(new)
                 text = self.tokenizer.decode(tokens)
-                cut = _first_stop(text, stop)
+                cut = first_stop(text, stop)
                 if cut is not None:
                     text = text[:cut]
                     self.last_stats.finish_reason = "stop"
@@ -501,7 +498,7 @@ class DiffusionGemmaModel:
         return [t for new, _ in self._token_stream(ids, max_tokens, length, options) for t in new]
 
 
-def _first_stop(text: str, stop: Sequence[str] | None) -> int | None:
+def first_stop(text: str, stop: Sequence[str] | None) -> int | None:
     if not stop:
         return None
     hits = [text.find(s) for s in stop if s and s in text]

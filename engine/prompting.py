@@ -19,6 +19,7 @@ rendered with the checkpoint's own chat template.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from engine.requests import ContextSnippet
@@ -66,3 +67,13 @@ def chat_infill_messages(
         {"role": "system", "content": INFILL_SYSTEM_PROMPT},
         {"role": "user", "content": user},
     ]
+
+
+# A reply of the hole-filling chat prompt wrapped in a Markdown code fence.
+_FENCE = re.compile(r"^\s*```[\w+-]*\n(.*?)\n?```\s*$", re.DOTALL)
+
+
+def strip_code_fence(text: str) -> str:
+    """The code inside a reply that is one fenced block; any other text as it is."""
+    fenced = _FENCE.match(text)
+    return fenced.group(1) if fenced else text

@@ -33,11 +33,9 @@ import httpx
 
 from dgemma_lsp.backends.base import Backend, BackendUnavailable, ProgressCallback
 from engine.errors import DeadlineExceeded, EngineError, GenerationCancelled
-from engine.prompting import chat_infill_messages
+from engine.prompting import chat_infill_messages, strip_code_fence
 from engine.requests import GenerationStats, InfillRequest, InfillResult
 
-# The same fence the in-process engine strips from chat replies (engine/api.py).
-FENCE = re.compile(r"^\s*```[\w+-]*\n(.*?)\n?```\s*$", re.DOTALL)
 POLL_S = 0.02
 # Budget of a call that comes without a deadline (model discovery, code actions without one).
 DEFAULT_TIMEOUT_S = 60.0
@@ -54,11 +52,6 @@ def normalize_endpoint(endpoint: str) -> str:
             f"the endpoint {endpoint!r} is not an http(s) URL", hint="e.g. http://127.0.0.1:8080/v1"
         )
     return url if url.endswith("/v1") else url + "/v1"
-
-
-def strip_fence(text: str) -> str:
-    fenced = FENCE.match(text)
-    return fenced.group(1) if fenced else text
 
 
 class HttpBackend(Backend):
@@ -205,7 +198,7 @@ class HttpBackend(Backend):
         if self.mode == "completions":
             text = choice.get("text") or ""
         else:
-            text = strip_fence((choice.get("message") or {}).get("content") or "")
+            text = strip_code_fence((choice.get("message") or {}).get("content") or "")
         usage = data.get("usage") or {}
         diffusion = (data.get("diffusion") or [{}])[0] or {}
         stats = GenerationStats(

@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from engine.api import first_stop
 from engine.errors import DeadlineExceeded, EngineError, GenerationCancelled
 from engine.requests import InfillRequest
 from engine.server.metrics import Metrics
@@ -128,11 +129,6 @@ def _resolve(future: asyncio.Future, result: Completion | BaseException) -> None
         future.set_exception(result)
     else:
         future.set_result(result)
-
-
-def first_stop(text: str, stops: list[str]) -> int | None:
-    hits = [text.find(s) for s in stops if s and s in text]
-    return min(hits) if hits else None
 
 
 def held_back(text: str, stops: list[str]) -> int:

@@ -10,10 +10,11 @@ import time
 import pytest
 
 from dgemma_lsp.backends import BackendState, BackendUnavailable, create_backend
-from dgemma_lsp.backends.http import HttpBackend, normalize_endpoint, strip_fence
+from dgemma_lsp.backends.http import HttpBackend, normalize_endpoint
 from dgemma_lsp.settings import Settings, parse_settings
 from engine.errors import DeadlineExceeded, GenerationCancelled
 from engine.prompting import chat_infill_messages
+from engine.prompting import strip_code_fence as strip_fence
 from engine.requests import ContextSnippet, InfillRequest
 from tests.http.conftest import MODEL_NAME, LiveServer, free_port
 
