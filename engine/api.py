@@ -227,6 +227,11 @@ class DiffusionGemmaModel:
         )
         return self.infill_request(request).text
 
+    def fim_prompt_ids(self, request: InfillRequest) -> list[int]:
+        """The native FIM prompt of `request` (suffix and context first), as token ids."""
+        text = fim_prompt(request.prefix, request.suffix, request.snippets, request.path)
+        return self.tokenizer.encode(text, add_special_tokens=True)
+
     def infill_request(self, request: InfillRequest) -> InfillResult:
         """Native FIM prompt (suffix and context first) for models with FIM tokens; otherwise a
         hole-filling chat prompt, with a surrounding code fence removed from the reply."""
@@ -236,10 +241,8 @@ class DiffusionGemmaModel:
             request.num_diffusion_steps, request.seed, request.should_stop, request.deadline, {}
         )
         if self.has_fim_tokens:
-            text = fim_prompt(request.prefix, request.suffix, request.snippets, request.path)
-            ids = self.tokenizer.encode(text, add_special_tokens=True)
             canvas = min(request.max_tokens, self.canvas_length)
-            out = "".join(self._stream(ids, canvas, canvas, options, None))
+            out = "".join(self._stream(self.fim_prompt_ids(request), canvas, canvas, options, None))
         else:
             messages = chat_infill_messages(
                 request.prefix, request.suffix, request.snippets, request.path, request.language

@@ -39,15 +39,8 @@ class EngineBackend(Backend):
         model = self.model
         if model is None or len(requests) < 2 or not model.has_fim_tokens:
             return super().infill_many(requests)
-        from engine.prompting import fim_prompt
-
         first = requests[0]
-        ids = [
-            model.tokenizer.encode(
-                fim_prompt(r.prefix, r.suffix, r.snippets, r.path), add_special_tokens=True
-            )
-            for r in requests
-        ]
+        ids = [model.fim_prompt_ids(r) for r in requests]
         outputs = model.generate_batch(
             ids,
             [min(r.max_tokens, model.canvas_length) for r in requests],
