@@ -60,8 +60,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     make.add_argument(
         "--split",
         default="heldout",
-        choices=["heldout", "train", "all"],
+        choices=["heldout", "validation", "train", "all"],
         help="which side of the corpus split to take files from (default: heldout)",
+    )
+    make.add_argument(
+        "--packages", default=None, help="also take files of the unpacked PyPI packages in this folder"
+    )
+    make.add_argument(
+        "--packages-only", action="store_true", help="with --packages: only package files, not SRC_DIR's"
     )
     make.add_argument("--single", type=int, default=500, help="single-line tasks")
     make.add_argument("--multi", type=int, default=300, help="multi-line tasks")

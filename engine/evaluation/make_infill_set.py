@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.evaluation.eval_infill import MULTI_LINE, SINGLE_LINE, parses
-from engine.training.corpus import HELDOUT, collect
+from engine.training.corpus import HELDOUT, STDLIB, collect, corpus_key
 from engine.training.holes import Cut, find_holes, python_parser
 
 LONE_KEYWORD = re.compile(r"^\s*(pass|break|continue|return|raise|else:|try:|finally:|\.\.\.)\s*(#.*)?$")
@@ -154,17 +154,29 @@ def _task(
     }
 
 
-def files_from(src_dir: str | Path, split: str = HELDOUT) -> list[tuple[str, str]]:
-    """(relative path, text) of the corpus files under `src_dir` on the `split` side ("all": every file)."""
-    corpus = collect(src_dir)
+def files_from(
+    src_dir: str | Path,
+    split: str = HELDOUT,
+    packages_dir: str | Path | None = None,
+    packages_only: bool = False,
+) -> list[tuple[str, str]]:
+    """(corpus path, text) of the corpus files under `src_dir` (and the unpacked packages under
+    `packages_dir`; with `packages_only`, only theirs) on the `split` side ("all": every file)."""
+    corpus = collect(src_dir, packages_dir=packages_dir)
     chosen = corpus.files if split == "all" else corpus.split(split)
-    return [(f.path, corpus.read(f)) for f in chosen]
+    if packages_only:
+        chosen = [f for f in chosen if f.source != STDLIB]
+    return [(corpus_key(f), corpus.read(f)) for f in chosen]
 
 
 def main_make_infill_set(args: Any) -> int:
     from engine.evaluation.eval_infill import write_tasks
 
-    files = files_from(args.src_dir, args.split)
+    files = files_from(args.src_dir, args.split, getattr(args, "packages", None))
+    if getattr(args, "packages_only", False):
+        files = [
+            (path, text) for path, text in files if "/" in path and not Path(args.src_dir, path).is_file()
+        ]
     if not files:
         print(f"no {args.split} Python files found under {args.src_dir}")
         return 1

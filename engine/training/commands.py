@@ -15,7 +15,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "and split it by file (see engine/training/corpus.py).",
     )
     corpus.add_argument("--root", default=None, help="source folder (default: the standard library)")
-    corpus.add_argument("--out", default=None, help="write the manifest JSON here")
+    corpus.add_argument("--out", default=None, help="write the manifest JSON here (every file)")
+    corpus.add_argument(
+        "--summary-out",
+        default=None,
+        help="write the package-level manifest here (engine/training/data/corpus-manifest.json is committed)",
+    )
+    corpus.add_argument(
+        "--pins",
+        default=None,
+        help="name==version list of PyPI packages (default: engine/training/data/packages.txt); 'none': stdlib only",
+    )
+    corpus.add_argument("--wheels", default="runs/pypi/wheels", help="where downloaded wheels are kept")
+    corpus.add_argument(
+        "--packages-out", default="runs/pypi/packages", help="where permissive packages are unpacked"
+    )
+    corpus.add_argument(
+        "--tokenizer", default=None, help="count tokens with this tokenizer (default: embedded)"
+    )
     corpus.add_argument("--heldout-fraction", type=float, default=None)
     corpus.set_defaults(func=run_corpus)
 
@@ -52,24 +69,59 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_corpus(args: argparse.Namespace) -> int:
+    import json
+
+    from engine.loading import EMBEDDED_MODEL_DIR
     from engine.training.corpus import (
         DEFAULT_HELDOUT_FRACTION,
-        HELDOUT,
-        TRAIN,
+        SPLITS,
         collect,
         manifest,
+        package_table,
         write_manifest,
     )
+    from engine.training.packages import DEFAULT_PINS, prepare, read_pins
+    from engine.training.tokenizer import load_tokenizer
 
-    corpus = collect(args.root, heldout_fraction=args.heldout_fraction or DEFAULT_HELDOUT_FRACTION)
+    kept: list[dict] = []
+    excluded: list[dict] = []
+    packages_dir = None
+    if args.pins != "none":
+        pins = read_pins(args.pins or DEFAULT_PINS)
+        print(
+            f"{len(pins)} pinned packages: downloading to {args.wheels} (cached wheels are reused)",
+            flush=True,
+        )
+        kept, excluded = prepare(pins, args.wheels, args.packages_out)
+        packages_dir = args.packages_out
+        print(f"{len(kept)} permissive packages unpacked into {packages_dir}; {len(excluded)} left out")
+    corpus = collect(
+        args.root,
+        packages_dir=packages_dir,
+        heldout_fraction=args.heldout_fraction or DEFAULT_HELDOUT_FRACTION,
+    )
     data = manifest(corpus)
-    for name in (TRAIN, HELDOUT):
+    for name in SPLITS:
         t = data["totals"][name]
-        print(f"{name:8s} {t['files']:5d} files {t['lines']:8d} lines {t['bytes'] / 1e6:7.2f} MB")
+        print(f"{name:10s} {t['files']:6d} files {t['lines']:9d} lines {t['bytes'] / 1e6:8.2f} MB")
     print(f"root {corpus.root} (licence {corpus.licence}); skipped: {corpus.skipped}")
     if args.out:
         write_manifest(corpus, args.out)
         print(f"manifest written to {args.out}")
+    if args.summary_out:
+        tokenizer = load_tokenizer(args.tokenizer or EMBEDDED_MODEL_DIR)
+        rows = package_table(corpus, lambda text: len(tokenizer.encode(text, add_special_tokens=False).ids))
+        summary = {
+            "rules": data["rules"],
+            "totals": data["totals"],
+            "skipped": data["skipped"],
+            "tokens": sum(r["tokens"] for r in rows),
+            "packages": rows,
+            "excluded": excluded,
+        }
+        Path(args.summary_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.summary_out).write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+        print(f"package manifest written to {args.summary_out} ({summary['tokens'] / 1e6:.1f}M tokens)")
     return 0
 
 

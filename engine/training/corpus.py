@@ -10,10 +10,22 @@ The default source is the standard library of the running interpreter (PSF-2.0 l
   the `config-*` build folder), such as the codec tables in `encodings/` and `pydoc_data/topics.py`;
 - files over `max_bytes` and files under `min_bytes`.
 
-The split into training and held-out files is by file and deterministic: a file is held out when
-the SHA-256 of its relative path, read as a fraction, is below `heldout_fraction`. The same path is
-always on the same side, whatever else is added or removed, so held-out files never leak into
-training. `write_manifest` records every file with its size, hash, licence and side.
+Beside the standard library, `collect` takes the Python sources of permissively licensed PyPI
+packages (engine/training/packages.py unpacks them, one folder a package with a `package.json`
+naming it, its version and its licence). A package file's corpus path is `<package>/<path in the
+wheel>`; a standard-library file's is its path under the library, as it always was.
+
+Near-duplicate files are removed (vendored copies and lightly edited forks are common): two files
+whose sets of stripped, non-blank lines have a Jaccard similarity of at least `dedup_threshold`
+(estimated with MinHash and banded LSH) are one file, and the first one met is kept (the standard
+library first, then packages in name order).
+
+The split into training, validation and held-out files is by file and deterministic: a file is held
+out when the SHA-256 of its corpus path, read as a fraction, is below `heldout_fraction`, and
+belongs to validation when it lies in the next `validation_fraction`. The same path is always on
+the same side, whatever else is added or removed, so held-out files never leak into training.
+Validation is what recipes are chosen on; held-out is reported once per shipped model.
+`write_manifest` records every file with its size, hash, licence and side.
 """
 
 from __future__ import annotations
@@ -24,18 +36,26 @@ import json
 import platform
 import re
 import sysconfig
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 EXCLUDED_DIRS = frozenset({"site-packages", "test", "tests", "idle_test", "__pycache__", "lib-dynload"})
 GENERATED_HEADER = re.compile(r"auto-?generated|generated (?:by|from|with)|do not edit", re.IGNORECASE)
 DEFAULT_MAX_BYTES = 300_000
 DEFAULT_MIN_BYTES = 64
 DEFAULT_HELDOUT_FRACTION = 0.10
+DEFAULT_VALIDATION_FRACTION = 0.05
+DEFAULT_DEDUP_THRESHOLD = 0.8
 STDLIB_LICENCE = "PSF-2.0"
+STDLIB = "stdlib"
+PACKAGE_INFO = "package.json"
 TRAIN = "train"
+VALIDATION = "validation"
 HELDOUT = "heldout"
+SPLITS = (TRAIN, VALIDATION, HELDOUT)
 
 
 @dataclass(frozen=True)
@@ -48,6 +68,17 @@ class SourceFile:
     sha256: str
     split: str
     licence: str = STDLIB_LICENCE
+    source: str = STDLIB  # "stdlib" (or the root's name) or the package's name
+
+
+@dataclass(frozen=True)
+class Package:
+    """One unpacked PyPI package (engine/training/packages.py)."""
+
+    name: str
+    version: str
+    licence: str
+    root: Path
 
 
 @dataclass
@@ -56,12 +87,18 @@ class Corpus:
     files: list[SourceFile]
     licence: str = STDLIB_LICENCE
     skipped: dict[str, int] = field(default_factory=dict)
+    packages: list[Package] = field(default_factory=list)
 
     def split(self, name: str) -> list[SourceFile]:
         return [f for f in self.files if f.split == name]
 
+    def source_root(self, file: SourceFile) -> Path:
+        if file.source == STDLIB:
+            return self.root
+        return next(p.root for p in self.packages if p.name == file.source)
+
     def read(self, file: SourceFile) -> str:
-        return read_source(self.root / file.path)
+        return read_source(self.source_root(file) / file.path)
 
     def texts(self, name: str) -> Iterator[tuple[SourceFile, str]]:
         for file in self.split(name):
@@ -73,11 +110,18 @@ def default_root() -> Path:
     return Path(sysconfig.get_paths()["stdlib"])
 
 
-def split_of(relative_path: str, heldout_fraction: float = DEFAULT_HELDOUT_FRACTION) -> str:
-    """TRAIN or HELDOUT, from a hash of the path alone (stable across machines and corpus changes)."""
+def split_of(
+    relative_path: str,
+    heldout_fraction: float = DEFAULT_HELDOUT_FRACTION,
+    validation_fraction: float = DEFAULT_VALIDATION_FRACTION,
+) -> str:
+    """TRAIN, VALIDATION or HELDOUT, from a hash of the path alone (stable across machines and corpus
+    changes)."""
     digest = hashlib.sha256(relative_path.encode("utf-8")).digest()
     fraction = int.from_bytes(digest[:8], "big") / 2**64
-    return HELDOUT if fraction < heldout_fraction else TRAIN
+    if fraction < heldout_fraction:
+        return HELDOUT
+    return VALIDATION if fraction < heldout_fraction + validation_fraction else TRAIN
 
 
 def read_source(path: Path) -> str:
@@ -94,22 +138,17 @@ def _excluded_dir(relative: Path) -> bool:
     return any(part in EXCLUDED_DIRS or part.startswith("config-") for part in relative.parts[:-1])
 
 
-def collect(
-    root: str | Path | None = None,
-    *,
-    heldout_fraction: float = DEFAULT_HELDOUT_FRACTION,
-    max_bytes: int = DEFAULT_MAX_BYTES,
-    min_bytes: int = DEFAULT_MIN_BYTES,
-    licence: str = STDLIB_LICENCE,
-) -> Corpus:
-    """Walk `root` (default: this interpreter's standard library) and keep the files described above."""
-    root = Path(root) if root is not None else default_root()
-    files: list[SourceFile] = []
-    skipped: dict[str, int] = {}
-
-    def skip(reason: str) -> None:
-        skipped[reason] = skipped.get(reason, 0) + 1
-
+def _walk(
+    root: Path,
+    source: str,
+    licence: str,
+    key_prefix: str,
+    split: Callable[[str], str],
+    skip: Callable[[str], None],
+    max_bytes: int,
+    min_bytes: int,
+) -> Iterator[tuple[SourceFile, str]]:
+    """The kept files under `root`, with their text."""
     for path in sorted(root.rglob("*.py")):
         relative = path.relative_to(root)
         if _excluded_dir(relative):
@@ -138,22 +177,112 @@ def collect(
             skip("does not parse")
             continue
         rel = relative.as_posix()
-        files.append(
-            SourceFile(
-                path=rel,
-                bytes=size,
-                lines=text.count("\n") + (0 if text.endswith("\n") else 1),
-                sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
-                split=split_of(rel, heldout_fraction),
-                licence=licence,
-            )
+        file = SourceFile(
+            path=rel,
+            bytes=size,
+            lines=text.count("\n") + (0 if text.endswith("\n") else 1),
+            sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+            split=split(key_prefix + rel),
+            licence=licence,
+            source=source,
         )
-    return Corpus(root=root, files=files, licence=licence, skipped=skipped)
+        yield file, text
+
+
+def read_packages(packages_dir: str | Path) -> list[Package]:
+    """The unpacked packages under `packages_dir`, in name order."""
+    packages = []
+    for info in sorted(Path(packages_dir).glob(f"*/{PACKAGE_INFO}")):
+        data = json.loads(info.read_text(encoding="utf-8"))
+        packages.append(Package(data["name"], data["version"], data["licence"], info.parent))
+    return packages
+
+
+def corpus_key(file: SourceFile) -> str:
+    """The path that decides a file's split: `<package>/<path>` for packages, the bare path otherwise."""
+    return file.path if file.source == STDLIB else f"{file.source}/{file.path}"
+
+
+def collect(
+    root: str | Path | None = None,
+    *,
+    packages_dir: str | Path | None = None,
+    heldout_fraction: float = DEFAULT_HELDOUT_FRACTION,
+    validation_fraction: float = DEFAULT_VALIDATION_FRACTION,
+    dedup_threshold: float | None = DEFAULT_DEDUP_THRESHOLD,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    min_bytes: int = DEFAULT_MIN_BYTES,
+    licence: str = STDLIB_LICENCE,
+) -> Corpus:
+    """Walk `root` (default: this interpreter's standard library) and the packages under
+    `packages_dir`, keep the files described above and drop near-duplicates."""
+    root = Path(root) if root is not None else default_root()
+    skipped: dict[str, int] = {}
+
+    def skip(reason: str) -> None:
+        skipped[reason] = skipped.get(reason, 0) + 1
+
+    def split(key: str) -> str:
+        return split_of(key, heldout_fraction, validation_fraction)
+
+    packages = read_packages(packages_dir) if packages_dir is not None else []
+    found = list(_walk(root, STDLIB, licence, "", split, skip, max_bytes, min_bytes))
+    for package in packages:
+        found += _walk(
+            package.root, package.name, package.licence, package.name + "/", split, skip, max_bytes, min_bytes
+        )
+    if dedup_threshold is not None:
+        keep = near_duplicate_free([text for _, text in found], dedup_threshold)
+        skipped["near-duplicate"] = len(found) - len(keep)
+        found = [found[i] for i in keep]
+    return Corpus(root=root, files=[f for f, _ in found], licence=licence, skipped=skipped, packages=packages)
+
+
+# ---- near-duplicates -----------------------------------------------------------------------------
+
+_MINHASH_PRIME = (1 << 31) - 1  # a * h + b stays below 2**63 in uint64
+
+
+def _line_hashes(text: str) -> np.ndarray:
+    lines = {line.strip() for line in text.splitlines() if line.strip()}
+    digests = [int.from_bytes(hashlib.blake2b(x.encode(), digest_size=8).digest(), "big") for x in lines]
+    return np.array(digests, dtype=np.uint64) % np.uint64(_MINHASH_PRIME)
+
+
+def near_duplicate_free(texts: Sequence[str], threshold: float, permutations: int = 64) -> list[int]:
+    """Indices of `texts` to keep: each text whose line set is estimated to be at least `threshold`
+    Jaccard-similar to an earlier kept one is dropped (MinHash signatures, banded LSH, then the
+    signature agreement as the similarity estimate)."""
+    rng = np.random.default_rng(0)
+    a = rng.integers(1, _MINHASH_PRIME, permutations, dtype=np.uint64)
+    b = rng.integers(0, _MINHASH_PRIME, permutations, dtype=np.uint64)
+    # 8 bands of 8 rows: pairs above ~0.75 similarity share a band with high probability.
+    bands, rows = 8, permutations // 8
+    buckets: dict[tuple[int, bytes], list[int]] = {}
+    signatures: list[np.ndarray] = []
+    keep: list[int] = []
+    for index, text in enumerate(texts):
+        hashes = _line_hashes(text)
+        if hashes.size == 0:
+            signatures.append(np.zeros(permutations, dtype=np.uint64))
+            keep.append(index)
+            continue
+        values = (np.outer(a, hashes) + b[:, None]) % np.uint64(_MINHASH_PRIME)
+        signature = values.min(axis=1)
+        signatures.append(signature)
+        keys = [(band, signature[band * rows : (band + 1) * rows].tobytes()) for band in range(bands)]
+        candidates = {j for key in keys for j in buckets.get(key, ())}
+        if any(float(np.mean(signatures[j] == signature)) >= threshold for j in candidates):
+            continue
+        keep.append(index)
+        for key in keys:
+            buckets.setdefault(key, []).append(index)
+    return keep
 
 
 def manifest(corpus: Corpus) -> dict:
     totals = {}
-    for name in (TRAIN, HELDOUT):
+    for name in SPLITS:
         part = corpus.split(name)
         totals[name] = {
             "files": len(part),
@@ -171,12 +300,29 @@ def manifest(corpus: Corpus) -> dict:
         "rules": {
             "excluded_dirs": [*sorted(EXCLUDED_DIRS), "config-*"],
             "generated_header": GENERATED_HEADER.pattern,
-            "split": "sha256(relative path) as a fraction < heldout_fraction -> heldout",
+            "split": "sha256(corpus path) as a fraction: < heldout_fraction -> heldout, "
+            "< heldout_fraction + validation_fraction -> validation, else train",
+            "near_duplicates": "Jaccard of stripped non-blank line sets >= threshold (MinHash): first kept",
         },
         "totals": totals,
+        "packages": package_table(corpus),
         "skipped": corpus.skipped,
         "files": [asdict(f) for f in corpus.files],
     }
+
+
+def package_table(corpus: Corpus, count_tokens: Callable[[str], int] | None = None) -> list[dict]:
+    """One row per source (the standard library, then each package): version, licence, files, bytes
+    and, with `count_tokens`, tokens of the kept files."""
+    rows = [{"package": STDLIB, "version": platform.python_version(), "licence": corpus.licence}]
+    rows += [{"package": p.name, "version": p.version, "licence": p.licence} for p in corpus.packages]
+    for row in rows:
+        mine = [f for f in corpus.files if f.source == row["package"]]
+        row["files"] = len(mine)
+        row["bytes"] = sum(f.bytes for f in mine)
+        if count_tokens is not None:
+            row["tokens"] = sum(count_tokens(corpus.read(f)) for f in mine)
+    return rows
 
 
 def write_manifest(corpus: Corpus, path: str | Path) -> None:

@@ -31,11 +31,13 @@ the real layout (engine.loading.save_checkpoint) with the tokenizer and a genera
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
 import random
 import time
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -48,7 +50,7 @@ from engine.config import FULL, SLIDING, ModelConfig, TextConfig
 from engine.model import Attention, DiffusionGemmaTransformer, GatedMLP, RMSNorm
 from engine.random_model import tiny_text_config
 from engine.sampler import SamplerConfig
-from engine.training.corpus import HELDOUT, TRAIN, collect
+from engine.training.corpus import HELDOUT, TRAIN, VALIDATION, collect, corpus_key
 from engine.training.holes import (
     DEFAULT_KIND_WEIGHTS,
     ExampleBuilder,
@@ -60,6 +62,7 @@ from engine.training.holes import (
 from engine.training.tokenizer import EOS_ID, PAD_ID, load_tokenizer, save_tokenizer, train_tokenizer
 
 CHECKPOINT = "checkpoint.pt"
+HOLE_CACHE_FILES = 4096
 
 
 def text_config(preset: str, vocab_size: int) -> TextConfig:
@@ -103,11 +106,21 @@ class TrainConfig:
     run_dir: str
     out: str | None = None  # the exported checkpoint folder (default: run_dir/model)
     root: str | None = None  # corpus root (default: the standard library)
+    packages: str | None = None  # unpacked PyPI packages (engine/training/packages.py) added to the corpus
+    # A model folder whose weights (and tokenizer) start a new run; ignored when the run folder has a
+    # checkpoint, so a resumed run never goes back to them.
+    init_from: str | None = None
     tokenizer: str | None = None  # an existing tokenizer.json (default: train one on the corpus)
     vocab_size: int = 8192
     preset: str = "embedded"
     canvas_lengths: tuple[int, ...] = (16, 32, 64)
     canvas_weights: tuple[float, ...] = (0.1, 0.45, 0.45)
+    # kind -> canvas length: each batch holds holes of one kind in the canvas the language server gives
+    # that kind (single line 24, block 64), instead of `canvas_lengths` drawn for any kind.
+    kind_canvas: dict[str, int] | None = None
+    # Corrupted canvases per encoded prompt: the encoder (most of an example's compute) runs once and
+    # the decoder denoises `noise_draws` independent noise draws of the same target.
+    noise_draws: int = 1
     max_prefix_tokens: int = 384
     max_suffix_tokens: int = 128
     long_context_share: float = 0.1  # batches whose prefix window reaches long_prefix_tokens
@@ -177,23 +190,38 @@ class HoleData:
         self.config = config
         self.tokenizer = tokenizer
         self.builder = ExampleBuilder(tokenizer, config.max_prefix_tokens, config.max_suffix_tokens)
-        iterator: Any = files
+        self.files = files
+        # Files are drawn in proportion to their lines, so every line is about equally likely. Their
+        # holes are found with tree-sitter when a file is first drawn (a large corpus would take
+        # minutes to parse up front) and kept for the files drawn most recently.
+        self.cum_weights = list(itertools.accumulate(text.count("\n") + 1 for _, text in files))
+        self._holes: OrderedDict[int, FileHoles] = OrderedDict()
         if progress:
-            from tqdm import tqdm
+            print(f"{len(files)} files, {self.cum_weights[-1] if files else 0} lines", flush=True)
 
-            iterator = tqdm(files, desc="finding holes", unit="file")
-        self.files: list[tuple[str, FileHoles]] = [
-            (path, find_holes(text, max_block_lines=config.max_block_lines)) for path, text in iterator
-        ]
-        # Files are drawn in proportion to their statement lines, so every line is about equally likely.
-        self.weights = [len(h.lines) + 1 for _, h in self.files]
+    def holes(self, index: int) -> FileHoles:
+        found = self._holes.get(index)
+        if found is None:
+            found = find_holes(self.files[index][1], max_block_lines=self.config.max_block_lines)
+            self._holes[index] = found
+            if len(self._holes) > HOLE_CACHE_FILES:
+                self._holes.popitem(last=False)
+        else:
+            self._holes.move_to_end(index)
+        return found
 
     def example(
-        self, rng: random.Random, canvas_length: int, prefix_budget: int, suffix_budget: int
+        self,
+        rng: random.Random,
+        canvas_length: int,
+        prefix_budget: int,
+        suffix_budget: int,
+        kind_weights: dict[str, float] | None = None,
     ) -> FimExample:
         for _ in range(1000):
-            path, holes = rng.choices(self.files, weights=self.weights)[0]
-            cut = sample_cut(holes, rng, self.config.kind_weights)
+            index = rng.choices(range(len(self.files)), cum_weights=self.cum_weights)[0]
+            path, holes = self.files[index][0], self.holes(index)
+            cut = sample_cut(holes, rng, kind_weights or self.config.kind_weights)
             if cut is None:
                 continue
             example = self.builder.build(
@@ -211,13 +239,22 @@ class HoleData:
     def batch(self, rng: random.Random, batch_size: int) -> Batch:
         """One batch: a shared canvas length and shared window budgets, so rows pad little."""
         c = self.config
-        canvas_length = rng.choices(c.canvas_lengths, weights=c.canvas_weights)[0]
+        kind_weights = None
+        if c.kind_canvas:
+            kinds = [k for k in c.kind_canvas if c.kind_weights.get(k, 0) > 0]
+            kind = rng.choices(kinds, weights=[c.kind_weights[k] for k in kinds])[0]
+            canvas_length, kind_weights = c.kind_canvas[kind], {kind: 1.0}
+        else:
+            canvas_length = rng.choices(c.canvas_lengths, weights=c.canvas_weights)[0]
         if rng.random() < c.long_context_share:
             prefix_budget = rng.randint(c.max_prefix_tokens, max(c.max_prefix_tokens, c.long_prefix_tokens))
         else:
             prefix_budget = self.builder.draw_prefix_budget(rng)
         suffix_budget = self.builder.draw_suffix_budget(rng)
-        examples = [self.example(rng, canvas_length, prefix_budget, suffix_budget) for _ in range(batch_size)]
+        examples = [
+            self.example(rng, canvas_length, prefix_budget, suffix_budget, kind_weights)
+            for _ in range(batch_size)
+        ]
         return collate(examples)
 
 
@@ -260,6 +297,29 @@ def corrupt(
     return torch.where(replace, noise, canvas), t
 
 
+def _denoise_draw(
+    model: DiffusionGemmaTransformer,
+    batch: Batch,
+    cache: Any,
+    generator: torch.Generator,
+    config: TrainConfig,
+) -> torch.Tensor:
+    """Decoder logits for one noise draw of the batch's canvases (with self-conditioning on a share
+    of the rows)."""
+    noisy, t = corrupt(batch.canvas, model.config.vocab_size, generator, config.full_noise)
+    conditioning = mask = None
+    if config.self_conditioning > 0:
+        mask = torch.rand(t.shape, generator=generator, device=t.device) < config.self_conditioning
+        if bool(mask.any()):
+            with torch.no_grad():
+                first = model.denoise(noisy, cache)
+            temperature = config.t_min + (config.t_max - config.t_min) * t
+            conditioning = (first / temperature[:, None, None]).to(model.dtype)
+        else:
+            mask = None
+    return model.denoise(noisy, cache, conditioning, mask)
+
+
 def diffusion_loss(
     model: DiffusionGemmaTransformer,
     batch: Batch,
@@ -271,23 +331,16 @@ def diffusion_loss(
     vocab = model.config.vocab_size
     cache = model.new_cache(training=True)
     hidden = model.encode(batch.prompt, cache, valid=batch.valid, return_hidden=config.ar_weight > 0)
-    noisy, t = corrupt(batch.canvas, vocab, generator, config.full_noise)
-    conditioning = mask = None
-    if config.self_conditioning > 0:
-        mask = torch.rand(t.shape, generator=generator, device=t.device) < config.self_conditioning
-        if bool(mask.any()):
-            with torch.no_grad():
-                first = model.denoise(noisy, cache)
-            temperature = config.t_min + (config.t_max - config.t_min) * t
-            conditioning = (first / temperature[:, None, None]).to(model.dtype)
-        else:
-            mask = None
-    logits = model.denoise(noisy, cache, conditioning, mask)
-    diffusion = F.cross_entropy(logits.reshape(-1, vocab), batch.canvas.reshape(-1))
+    diffusion = torch.zeros((), device=batch.canvas.device)
+    correct = torch.zeros_like(batch.canvas, dtype=torch.bool)
+    for _ in range(max(1, config.noise_draws)):
+        logits = _denoise_draw(model, batch, cache, generator, config)
+        diffusion = diffusion + F.cross_entropy(logits.reshape(-1, vocab), batch.canvas.reshape(-1))
+        correct = logits.detach().argmax(-1) == batch.canvas
+    diffusion = diffusion / max(1, config.noise_draws)
     loss = diffusion
     parts = {"diffusion": float(diffusion.detach())}
-    with torch.no_grad():
-        correct = logits.argmax(-1) == batch.canvas
+    with torch.no_grad():  # accuracies of the last draw
         middle = batch.canvas != PAD_ID  # the middle and its <eos>
         parts["token_accuracy"] = float(correct.float().mean())
         parts["middle_accuracy"] = float(correct[middle].float().mean())
@@ -359,6 +412,39 @@ def compile_submodules(model: DiffusionGemmaTransformer) -> None:
     model.norm.compile(dynamic=True)
 
 
+def load_initial_weights(model: DiffusionGemmaTransformer, folder: str | Path) -> None:
+    """Fill `model` with the weights of a model folder of the same shapes (`--init-from`): a warm
+    start, so a run on a new machine never starts from zero. Any missing, extra or misshapen tensor
+    is an error that names it."""
+    from safetensors.torch import load_file
+
+    from engine.errors import CheckpointError
+    from engine.model import local_name
+
+    files = sorted(Path(folder).glob("*.safetensors"))
+    if not files:
+        raise CheckpointError(f"--init-from {folder}: no .safetensors weights there")
+    state: dict[str, torch.Tensor] = {}
+    for file in files:
+        for key, tensor in load_file(file).items():
+            name = local_name(key)
+            if name is not None:
+                state[name] = tensor
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    extra = sorted(set(state) - set(own))
+    misshapen = sorted(n for n in set(own) & set(state) if own[n].shape != state[n].shape)
+    if missing or extra or misshapen:
+        raise CheckpointError(
+            f"--init-from {folder} does not match the {len(own)}-tensor model of this preset: "
+            f"missing {missing[:3]}, unexpected {extra[:3]}, other shapes {misshapen[:3]}",
+            hint="warm-start from a model of the same preset and vocabulary, or leave --init-from out",
+        )
+    with torch.no_grad():
+        for name, tensor in own.items():
+            tensor.copy_(state[name].to(tensor.dtype))
+
+
 def step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
     generator = torch.Generator(device=device)
     generator.manual_seed(seed * 1_000_003 + step)
@@ -379,9 +465,12 @@ class Trainer:
         if config.threads:
             torch.set_num_threads(config.threads)
         torch.manual_seed(config.seed)
-        corpus = collect(config.root)
-        train_files = [(f.path, corpus.read(f)) for f in corpus.split(TRAIN)]
-        heldout_files = [(f.path, corpus.read(f)) for f in corpus.split(HELDOUT)]
+        corpus = collect(config.root, packages_dir=config.packages)
+        train_files = [(corpus_key(f), corpus.read(f)) for f in corpus.split(TRAIN)]
+        # Recipes are judged on validation files; held-out files are for the shipped model's report
+        # (a corpus without a validation split, e.g. a test folder, falls back to held-out files).
+        eval_split = VALIDATION if corpus.split(VALIDATION) else HELDOUT
+        heldout_files = [(corpus_key(f), corpus.read(f)) for f in corpus.split(eval_split)]
         if config.max_files is not None:
             train_files, heldout_files = train_files[: config.max_files], heldout_files[: config.max_files]
         self.corpus_summary = {
@@ -389,11 +478,15 @@ class Trainer:
             "licence": corpus.licence,
             "train_files": len(train_files),
             "train_bytes": sum(len(t.encode()) for _, t in train_files),
-            "heldout_files": len(heldout_files),
+            "eval_split": eval_split,
+            "eval_files": len(heldout_files),
+            "packages": len(corpus.packages),
         }
         tokenizer_dir = self.run_dir / "tokenizer"
         if config.tokenizer:
             self.tokenizer = load_tokenizer(config.tokenizer)
+        elif config.init_from and not (tokenizer_dir / "tokenizer.json").is_file():
+            self.tokenizer = load_tokenizer(config.init_from)
         elif (tokenizer_dir / "tokenizer.json").is_file():
             self.tokenizer = load_tokenizer(tokenizer_dir)
         else:
@@ -403,12 +496,16 @@ class Trainer:
         vocab = self.tokenizer.get_vocab_size()
         self.text_config = text_config(config.preset, vocab)
         self.model_config = ModelConfig(
-            text=self.text_config, canvas_length=max(config.canvas_lengths), eos_token_id=[EOS_ID]
+            text=self.text_config,
+            canvas_length=max([*config.canvas_lengths, *(config.kind_canvas or {}).values()]),
+            eos_token_id=[EOS_ID],
         )
         self.data = HoleData(train_files, self.tokenizer, config, progress=config.progress)
         self.heldout = HoleData(heldout_files, self.tokenizer, config) if heldout_files else self.data
         self.model = DiffusionGemmaTransformer(self.text_config)
         self.model.init_weights(std=config.init_std, generator=torch.Generator().manual_seed(config.seed))
+        if config.init_from and not (self.run_dir / CHECKPOINT).is_file():
+            load_initial_weights(self.model, config.init_from)
         self.model.to(self.device)
         if config.compile:
             compile_submodules(self.model)
@@ -592,10 +689,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="exported model folder (default: RUN_DIR/model)")
     parser.add_argument("--root", default=None, help="corpus root (default: the standard library)")
     parser.add_argument("--tokenizer", default=None, help="use this tokenizer.json instead of training one")
+    parser.add_argument(
+        "--packages",
+        default=None,
+        help="folder of unpacked PyPI packages to add (dgemma corpus --packages-out)",
+    )
+    parser.add_argument(
+        "--init-from",
+        default=None,
+        help="start a new run from this model folder's weights and tokenizer (e.g. engine/embedded); "
+        "ignored when RUN_DIR holds a checkpoint",
+    )
     simple = {f.name for f in fields(TrainConfig)} - {
         "run_dir",
         "out",
         "root",
+        "packages",
+        "init_from",
+        "kind_canvas",
         "tokenizer",
         "canvas_lengths",
         "canvas_weights",
@@ -614,6 +725,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--" + name.replace("_", "-"), type=type(value), default=value)
     parser.add_argument("--canvas-lengths", default="16,32,64", help="canvas lengths, comma-separated")
     parser.add_argument("--canvas-weights", default="0.1,0.45,0.45", help="their shares, comma-separated")
+    parser.add_argument(
+        "--kind-canvas",
+        default=None,
+        help="canvas length per hole kind, e.g. line=24,line_rest=24,block=64,span=64 (one kind a batch)",
+    )
+    parser.add_argument(
+        "--kind-weights",
+        default=None,
+        help="shares of hole kinds, e.g. line=0.35,line_rest=0.2,block=0.3,span=0.15",
+    )
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--max-minutes", type=float, default=None, help="stop after this much training time")
@@ -642,4 +763,21 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     values["canvas_lengths"] = tuple(int(x) for x in str(args.canvas_lengths).split(","))
     values["canvas_weights"] = tuple(float(x) for x in str(args.canvas_weights).split(","))
     values["progress"] = not args.no_progress
+    if args.kind_canvas:
+        values["kind_canvas"] = {k: int(v) for k, v in _pairs(args.kind_canvas).items()}
+    if args.kind_weights:
+        values["kind_weights"] = {k: float(v) for k, v in _pairs(args.kind_weights).items()}
+    else:
+        values.pop("kind_weights", None)
     return TrainConfig(**values)
+
+
+def _pairs(text: str) -> dict[str, str]:
+    """`a=1,b=2` -> {"a": "1", "b": "2"}."""
+    pairs = {}
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"{item!r} is not KEY=VALUE")
+        pairs[key.strip()] = value.strip()
+    return pairs

@@ -169,3 +169,53 @@ def test_shipping_stores_bfloat16_weights_that_load_as_float32(tmp_path, corpus)
     model = DiffusionGemmaModel.from_pretrained(tmp_path / "shipped", config=DiffusionConfig(device="cpu"))
     assert model.transformer.dtype == torch.float32
     assert isinstance(model.infill("x = 1\n", "\n", max_tokens=16, num_diffusion_steps=1), str)
+
+
+def test_a_new_run_warm_starts_from_a_model_folder_and_a_resumed_run_does_not(tmp_path, corpus):
+    first = Trainer(_config(tmp_path, corpus, run_dir=str(tmp_path / "a"), steps=3))
+    source = first.run()
+    warm = Trainer(_config(tmp_path, corpus, run_dir=str(tmp_path / "b"), init_from=str(source), seed=5))
+    assert warm.step == 0
+    for name, value in first.model.state_dict().items():
+        assert torch.equal(value, warm.model.state_dict()[name]), name
+    assert warm.tokenizer.get_vocab() == first.tokenizer.get_vocab()
+    cold = Trainer(_config(tmp_path, corpus, run_dir=str(tmp_path / "c"), seed=5))
+    assert not torch.equal(cold.model.embed_tokens.weight, warm.model.embed_tokens.weight)
+    warm.train_step()
+    warm.save()
+    # The run folder now has a checkpoint: --init-from is ignored and the run goes on from step 1.
+    resumed = Trainer(_config(tmp_path, corpus, run_dir=str(tmp_path / "b"), init_from=str(source), seed=5))
+    assert resumed.step == 1
+    for name, value in warm.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[name]), name
+
+
+def test_warm_start_from_a_model_of_other_shapes_names_the_mismatch(tmp_path, corpus):
+    from engine.errors import CheckpointError
+
+    source = Trainer(_config(tmp_path, corpus, run_dir=str(tmp_path / "a"), steps=1)).run()
+    with pytest.raises(CheckpointError, match="does not match"):
+        Trainer(
+            _config(tmp_path, corpus, run_dir=str(tmp_path / "b"), preset="embedded", init_from=str(source))
+        )
+
+
+def test_kind_canvas_batches_one_kind_in_its_canvas_and_noise_draws_train(tmp_path, corpus):
+    trainer = Trainer(
+        _config(
+            tmp_path,
+            corpus,
+            kind_canvas={"line": 16, "block": 32},
+            kind_weights={"line": 0.5, "block": 0.5},
+            noise_draws=2,
+        )
+    )
+    import random
+
+    for seed in range(6):
+        batch = trainer.data.batch(random.Random(seed), 4)
+        (kind,) = set(batch.kinds)
+        assert batch.canvas.shape[1] == {"line": 16, "block": 32}[kind]
+    assert trainer.model_config.canvas_length == 32
+    parts = trainer.train_step()
+    assert parts["diffusion"] > 0 and parts["canvas"] in (16, 32)
