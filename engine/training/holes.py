@@ -36,6 +36,9 @@ from engine.training.tokenizer import EOS_ID, PAD_ID
 
 LINE, LINE_REST, BLOCK, SPAN = "line", "line_rest", "block", "span"
 KINDS = (LINE, LINE_REST, BLOCK, SPAN)
+# Not a hole: plain left-to-right generation (`generate`), a prefix window as the prompt without FIM
+# markers and the code that follows it as the canvas (ExampleBuilder.build_continuation).
+CONTINUE = "continue"
 DEFAULT_KIND_WEIGHTS = {LINE: 0.35, LINE_REST: 0.2, BLOCK: 0.3, SPAN: 0.15}
 
 # Named children of `module` / `block` that are statements (comments are children too, and skipped).
@@ -479,6 +482,27 @@ class ExampleBuilder:
         return FimExample(
             prompt_ids=prompt_ids, canvas_ids=canvas, middle_tokens=len(middle_ids), kind=hole.kind
         )
+
+    def build_continuation(
+        self, text: str, start: int, canvas_length: int, prefix_budget: int
+    ) -> FimExample | None:
+        """The prompt `<bos>` + the prefix window before `start` (a line start), as a plain prompt;
+        the canvas: the next `canvas_length` tokens, or the rest of the file, `<eos>` and `<pad>`s.
+        None when there is nothing to continue."""
+        prefix = clip_prefix(self.tokenizer, text[:start], prefix_budget)
+        window = text[start : start + canvas_length * 16]
+        ids = self.tokenizer.encode(window, add_special_tokens=False).ids
+        if not ids:
+            return None
+        if len(ids) >= canvas_length:
+            canvas = ids[:canvas_length]
+        elif start + len(window) >= len(text):
+            canvas = [*ids, EOS_ID] + [PAD_ID] * (canvas_length - len(ids) - 1)
+        else:
+            return None  # an unusually long run of characters per token: draw another place
+        prompt_ids = self.tokenizer.encode(prefix).ids
+        middle = sum(1 for t in canvas if t not in (EOS_ID, PAD_ID))
+        return FimExample(prompt_ids=prompt_ids, canvas_ids=canvas, middle_tokens=middle, kind=CONTINUE)
 
 
 def import_lines(text: str, max_lines: int = 30) -> str:

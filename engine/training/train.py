@@ -52,6 +52,7 @@ from engine.random_model import tiny_text_config
 from engine.sampler import SamplerConfig
 from engine.training.corpus import HELDOUT, TRAIN, VALIDATION, collect, corpus_key
 from engine.training.holes import (
+    CONTINUE,
     DEFAULT_KIND_WEIGHTS,
     ExampleBuilder,
     FileHoles,
@@ -221,6 +222,14 @@ class HoleData:
         for _ in range(1000):
             index = rng.choices(range(len(self.files)), cum_weights=self.cum_weights)[0]
             path, holes = self.files[index][0], self.holes(index)
+            if kind_weights is not None and CONTINUE in kind_weights:
+                starts = holes.line_starts
+                continuation = self.builder.build_continuation(
+                    holes.text, rng.choice(starts[1:] or starts), canvas_length, prefix_budget
+                )
+                if continuation is not None:
+                    return continuation
+                continue
             cut = sample_cut(holes, rng, kind_weights or self.config.kind_weights)
             if cut is None:
                 continue

@@ -219,3 +219,20 @@ def test_kind_canvas_batches_one_kind_in_its_canvas_and_noise_draws_train(tmp_pa
     assert trainer.model_config.canvas_length == 32
     parts = trainer.train_step()
     assert parts["diffusion"] > 0 and parts["canvas"] in (16, 32)
+
+
+def test_continue_examples_are_a_plain_prompt_and_the_code_that_follows(tmp_path, corpus):
+    import random
+
+    trainer = Trainer(
+        _config(tmp_path, corpus, kind_canvas={"continue": 16}, kind_weights={"continue": 1.0})
+    )
+    tokenizer = trainer.tokenizer
+    for seed in range(4):
+        example = trainer.data.example(random.Random(seed), 16, 48, 0, {"continue": 1.0})
+        prompt = tokenizer.decode(example.prompt_ids, skip_special_tokens=False)
+        assert "<|fim" not in prompt and example.prompt_ids[0] == tokenizer.token_to_id("<bos>")
+        assert len(example.canvas_ids) == 16
+        following = tokenizer.decode([t for t in example.canvas_ids if t > 1])
+        prefix = tokenizer.decode(example.prompt_ids[1:])
+        assert any(prefix + following in text for _, text in trainer.data.files)
