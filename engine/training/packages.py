@@ -120,10 +120,12 @@ def _normalise(name: str) -> str:
 
 
 def wheel_for(pin: Pin, folder: Path) -> Path | None:
-    """The downloaded wheel of `pin` in `folder`, if any."""
-    stem = f"{_normalise(pin.name)}-{pin.version}-"
+    """The downloaded wheel of `pin` in `folder`, if any (wheel names are `name-version-tags.whl`,
+    the name spelt with `_` or `.` where the pin may have `-`)."""
     for path in sorted(folder.glob("*.whl")):
-        if path.name.lower().startswith(stem) or _normalise(path.name).startswith(stem.replace("-", "_")):
+        name, _, rest = path.name.partition("-")
+        version = rest.split("-", 1)[0]
+        if _normalise(name) == _normalise(pin.name) and version == pin.version:
             return path
     return None
 
@@ -147,7 +149,7 @@ def download(pins: Iterable[Pin], folder: str | Path, log: Iterable | None = Non
             results[str(pin)] = "ok"
         else:
             lines = [x for x in (done.stderr or done.stdout).splitlines() if x.startswith("ERROR")]
-            results[str(pin)] = lines[0] if lines else f"pip exited {done.returncode}"
+            results[str(pin)] = lines[0][:160] if lines else f"no wheel (pip exited {done.returncode})"
     return results
 
 
@@ -237,7 +239,8 @@ def prepare(pins: Iterable[Pin], wheels: str | Path, packages: str | Path) -> tu
             continue
         licence = read_licence(wheel)
         if licence.spdx is None:
-            reason = f"licence not permissive or not stated ({licence.source}: {licence.declared or 'none'})"
+            declared = " ".join(licence.declared.split())[:80] or "none"
+            reason = f"licence not permissive or not stated ({licence.source}: {declared})"
             excluded.append({"package": pin.name, "version": pin.version, "reason": reason})
             continue
         dest = packages / _normalise(pin.name)

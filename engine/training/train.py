@@ -17,6 +17,13 @@ One training example is one hole of a training file in the engine's FIM layout (
    softcapped logits of the previous step), and fed to the second pass, which takes the gradient.
    The other examples get no self-conditioning signal (u = 0, the first step at inference).
 
+Sample efficiency (the CPU is the budget, and the encoder over the prompt is most of an example's
+compute): with `kind_canvas` each batch holds holes of one kind in the canvas the language server gives
+that kind (a single line in 24 positions rather than 64, so fewer of them are `<pad>`); `noise_draws`
+denoises several independent corruptions of each canvas against one encoder pass; `continue` examples
+(a plain prefix window as the prompt, the next tokens of the file as the canvas, no FIM markers) teach
+plain left-to-right generation and fill every canvas position with code.
+
 Two optional auxiliary terms: `balance_weight` times the Switch load-balancing loss of every MoE
 router (E * sum_e f_e * P_e), so that the small MoE uses all its experts; and `ar_weight` times a
 next-token loss on the encoder's output over the prompt (the encoder is a causal LM over the same

@@ -224,9 +224,7 @@ def test_kind_canvas_batches_one_kind_in_its_canvas_and_noise_draws_train(tmp_pa
 def test_continue_examples_are_a_plain_prompt_and_the_code_that_follows(tmp_path, corpus):
     import random
 
-    trainer = Trainer(
-        _config(tmp_path, corpus, kind_canvas={"continue": 16}, kind_weights={"continue": 1.0})
-    )
+    trainer = Trainer(_config(tmp_path, corpus, kind_canvas={"continue": 16}, kind_weights={"continue": 1.0}))
     tokenizer = trainer.tokenizer
     for seed in range(4):
         example = trainer.data.example(random.Random(seed), 16, 48, 0, {"continue": 1.0})

@@ -136,3 +136,13 @@ def test_a_slice_of_the_committed_manifest_reproduces_from_pypi(tmp_path):
             committed[name]["licence"],
             committed[name]["files"],
         )
+
+
+def test_a_wheel_is_found_whatever_separator_its_name_uses(tmp_path):
+    from engine.training.packages import wheel_for
+
+    (tmp_path / "jaraco.classes-3.4.0-py3-none-any.whl").write_bytes(b"")
+    (tmp_path / "typing_extensions-4.16.0-py3-none-any.whl").write_bytes(b"")
+    assert wheel_for(Pin("jaraco-classes", "3.4.0"), tmp_path).name.startswith("jaraco.classes")
+    assert wheel_for(Pin("typing-extensions", "4.16.0"), tmp_path) is not None
+    assert wheel_for(Pin("typing-extensions", "4.15.0"), tmp_path) is None
