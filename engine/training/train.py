@@ -712,9 +712,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--init-from",
-        default=None,
-        help="start a new run from this model folder's weights and tokenizer (e.g. engine/embedded); "
-        "ignored when RUN_DIR holds a checkpoint",
+        default="auto",
+        help="start a new run from this model folder's weights and tokenizer; ignored when RUN_DIR holds a "
+        "checkpoint. auto (default): the shipped embedded model for --preset embedded without --tokenizer; "
+        "none: random weights",
     )
     simple = {f.name for f in fields(TrainConfig)} - {
         "run_dir",
@@ -779,6 +780,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     values["canvas_lengths"] = tuple(int(x) for x in str(args.canvas_lengths).split(","))
     values["canvas_weights"] = tuple(float(x) for x in str(args.canvas_weights).split(","))
     values["progress"] = not args.no_progress
+    values["init_from"] = _init_from(args.init_from, args.preset, args.tokenizer)
     if args.kind_canvas:
         values["kind_canvas"] = {k: int(v) for k, v in _pairs(args.kind_canvas).items()}
     if args.kind_weights:
@@ -786,6 +788,19 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     else:
         values.pop("kind_weights", None)
     return TrainConfig(**values)
+
+
+def _init_from(choice: str | None, preset: str, tokenizer: str | None) -> str | None:
+    """`--init-from`: auto warm-starts the embedded preset from the shipped weights (same shapes and
+    vocabulary), so a run on a new machine continues the shipped model instead of starting from zero."""
+    if choice in (None, "none"):
+        return None
+    if choice == "auto":
+        from engine.loading import EMBEDDED_MODEL_DIR
+
+        usable = preset == "embedded" and tokenizer is None and (EMBEDDED_MODEL_DIR / "config.json").is_file()
+        return str(EMBEDDED_MODEL_DIR) if usable else None
+    return choice
 
 
 def _pairs(text: str) -> dict[str, str]:

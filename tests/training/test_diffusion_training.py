@@ -234,3 +234,22 @@ def test_continue_examples_are_a_plain_prompt_and_the_code_that_follows(tmp_path
         following = tokenizer.decode([t for t in example.canvas_ids if t > 1])
         prefix = tokenizer.decode(example.prompt_ids[1:])
         assert any(prefix + following in text for _, text in trainer.data.files)
+
+
+def test_init_from_auto_warm_starts_only_the_embedded_preset_without_its_own_tokenizer():
+    import argparse
+
+    from engine.loading import EMBEDDED_MODEL_DIR
+    from engine.training.train import add_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+
+    def init(*argv):
+        return config_from_args(parser.parse_args(["--run-dir", "r", *argv])).init_from
+
+    assert init() == str(EMBEDDED_MODEL_DIR)
+    assert init("--tokenizer", "tok") is None
+    assert init("--preset", "tiny") is None
+    assert init("--init-from", "none") is None
+    assert init("--init-from", "some/folder") == "some/folder"
