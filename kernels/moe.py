@@ -7,6 +7,11 @@ ascending expert order, as transformers does.
 
 Experts are reached through `expert_weights(e) -> (gate_up [2I, d], down [d, I])` so that
 quantised (NVFP4) or CPU-offloaded experts plug in without changing the maths.
+
+The device path (below the line) needs no host synchronisation: `sort_slots_by_expert` groups
+the slots on the device into blocks of one expert, `fused_moe` runs a whole routed-experts layer
+over those blocks with the Triton kernels of `kernels.moe_triton` on CUDA, or with
+`moe_blocks_torch` elsewhere, on `DenseExperts` or `NVFP4Experts` stacks.
 """
 
 from __future__ import annotations

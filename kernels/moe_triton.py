@@ -69,9 +69,7 @@ def _nvfp4_tile(w_ptr, s_ptr, expert, rows, row_ok, cols, k_ok, s_we, s_wn, s_wk
     """Low-nibble (even column) and high-nibble (odd column) halves of a weight tile [rows, cols],
     block scale applied; `cols` index the packed bytes, so byte c covers inputs 2c and 2c + 1."""
     mask = row_ok[:, None] & k_ok[None, :]
-    packed = tl.load(
-        w_ptr + expert * s_we + rows[:, None] * s_wn + cols[None, :] * s_wk, mask=mask, other=0
-    )
+    packed = tl.load(w_ptr + expert * s_we + rows[:, None] * s_wn + cols[None, :] * s_wk, mask=mask, other=0)
     scale_byte = tl.load(
         s_ptr + expert * s_se + rows[:, None] * s_sn + (cols[None, :] // 8) * s_sk, mask=mask, other=0
     )

@@ -83,7 +83,9 @@ def test_peaked_and_flat_rows_have_zero_and_maximal_entropy(device):
     vocab = 200
     logits = torch.zeros(2, vocab)
     logits[0, 17] = 1e4  # softcap bounds it at 30 / T: still essentially one-hot at T = 0.05
-    stats = denoiser_statistics(logits.to(device), torch.tensor([0.3, 0.999]).to(device), 0.05, backend="triton")
+    stats = denoiser_statistics(
+        logits.to(device), torch.tensor([0.3, 0.999]).to(device), 0.05, backend="triton"
+    )
     assert int(stats.argmax[0]) == 17 and int(stats.sample[0]) == 17
     assert float(stats.entropy[0]) == pytest.approx(0.0, abs=1e-4)
     assert float(stats.entropy[1]) == pytest.approx(math.log(vocab), abs=1e-5)

@@ -132,7 +132,9 @@ def test_nvfp4_stack_keeps_the_loader_layout():
 @pytest.mark.parametrize("tokens,hidden,inter,experts,top_k", SHAPES)
 @pytest.mark.parametrize("nvfp4", [False, True], ids=["dense", "nvfp4"])
 @pytest.mark.parametrize("dtype", kernel_dtypes(), ids=str)
-def test_triton_kernels_match_the_torch_block_path(tokens, hidden, inter, experts, top_k, nvfp4, dtype, device):
+def test_triton_kernels_match_the_torch_block_path(
+    tokens, hidden, inter, experts, top_k, nvfp4, dtype, device
+):
     """Same inputs in `dtype` for both; tolerance: fp32 accumulation in both, so the difference is
     the rounding of the [slots, I] intermediate and of the output to `dtype`."""
     x = torch.randn(tokens, hidden, generator=torch.Generator().manual_seed(5)).to(device, dtype)
