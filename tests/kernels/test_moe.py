@@ -11,7 +11,6 @@ from kernels.moe import (
     NVFP4Experts,
     expert_block_capacity,
     fused_moe,
-    moe_blocks_torch,
     moe_reference,
     sort_slots_by_expert,
 )
@@ -121,7 +120,7 @@ def test_nvfp4_stack_keeps_the_loader_layout():
     assert stack.gate_up_packed.shape == (3, 32, 16) and stack.gate_up_scale.shape == (3, 32, 2)
     assert stack.down_packed.shape == (3, 32, 8) and stack.down_global.shape == (3,)
     gate_up, down = stack.dense(torch.tensor([2, 0]), torch.float32)
-    gate, up, d = triples[2]
+    gate, up, _ = triples[2]
     # The global scale is applied per row after the block scale: equal up to one fp32 rounding.
     expected = torch.cat([gate.dequantize(torch.float32), up.dequantize(torch.float32)])
     assert torch.allclose(gate_up[0], expected, rtol=1e-6, atol=0)
