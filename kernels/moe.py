@@ -283,6 +283,34 @@ def fused_moe(
     return moe_blocks_torch(x, blocks, top_k_weights, experts)
 
 
+def stack_experts(experts) -> StackedExperts:
+    """The stack of an `engine.model.Experts` module as the loader filled it: its NVFP4 triples, or
+    its dense [E, 2I, d] / [E, d, I] parameters (any memory layout; the kernels take strides)."""
+    if getattr(experts, "offload_device", None) is not None:
+        raise ValueError("CPU-offloaded experts are not on the device: stream the routed ones first")
+    if experts.quantized is not None:
+        return NVFP4Experts.from_triples(list(experts.quantized))
+    return DenseExperts(experts.gate_up_proj.data, experts.down_proj.data)
+
+
+def routed_experts_layer(
+    residual: torch.Tensor,
+    experts_input: torch.Tensor,
+    router: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    stack: StackedExperts,
+    block_m: int = 16,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """The routed half of a MoE layer (diffusiongemma.md 3.4) on the device path, [N, d] in and out.
+
+    `router` (engine.model.Router) reads the un-normed residual and returns fp32 top-k weights,
+    expert ids and probabilities; the experts read their own normed input. Routing, grouping and
+    the experts all stay on the device.
+    """
+    weights, index, _ = router(residual)
+    return fused_moe(experts_input, index, weights, stack, block_m=block_m, backend=backend)
+
+
 def triton_available() -> bool:
     try:
         import triton  # noqa: F401

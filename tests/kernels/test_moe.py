@@ -186,3 +186,49 @@ def test_the_interpreter_runs_the_kernels_off_gpu():
 
 def _to_cpu(stack):
     return type(stack)(*(getattr(stack, f).cpu() for f in stack.__dataclass_fields__))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "nvfp4"])
+def test_a_loaded_layer_gives_the_engine_result_on_the_device_path(tiny_checkpoint_nvfp4, dtype):
+    """The stack of a layer as the loader filled it (dense, or NVFP4 triples) with the engine's own
+    Router, against that layer's `Experts.forward` (the engine's per-expert or grouped path)."""
+    from engine.api import DiffusionGemmaModel
+    from engine.config import DiffusionConfig
+    from kernels.moe import routed_experts_layer, stack_experts
+
+    model = DiffusionGemmaModel.from_pretrained(
+        tiny_checkpoint_nvfp4, config=DiffusionConfig(device="cpu", dtype=dtype)
+    )
+    layer = model.transformer.layers[1]
+    gen = torch.Generator().manual_seed(12)
+    residual = torch.randn(20, layer.router.proj.in_features, generator=gen)
+    experts_input = layer.pre_feedforward_layernorm_2(residual)
+    weights, index, _ = layer.router(residual)
+    expected = layer.experts(experts_input, index, weights)
+    stack = stack_experts(layer.experts)
+    assert isinstance(stack, NVFP4Experts if dtype == "nvfp4" else DenseExperts)
+    got = routed_experts_layer(residual, experts_input, layer.router, stack, block_m=4, backend="torch")
+    assert torch.allclose(got, expected, atol=1e-5)
+    half = routed_experts_layer(
+        residual.half(),
+        experts_input.half(),
+        lambda r: layer.router(r.float()),
+        _half(stack),
+        backend="triton",
+    )
+    assert torch.allclose(half.float(), expected, atol=2e-2, rtol=2e-2)
+
+
+def _half(stack):
+    if isinstance(stack, DenseExperts):
+        return DenseExperts(stack.gate_up.half(), stack.down.half())
+    return stack
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint_nvfp4(tmp_path_factory):
+    """The tiny model with expert matrices divisible by 16, so that dtype='nvfp4' applies."""
+    from engine.random_model import tiny_text_config, write_random_checkpoint
+
+    text = tiny_text_config(moe_intermediate_size=32)
+    return write_random_checkpoint(tmp_path_factory.mktemp("moe") / "model", text, canvas_length=16)
