@@ -12,7 +12,8 @@ import triton.language as tl
 from kernels.denoiser_statistics import DenoiserStatistics
 
 # A finite start for the running max: with -inf, the first rescale would compute -inf * 0.
-_FLOOR = -1.0e30
+# (A global read inside a compiled kernel must be a constexpr.)
+_FLOOR = tl.constexpr(-1.0e30)
 
 
 @triton.jit

@@ -5,7 +5,9 @@ On CUDA, at the real DiffusionGemma 26B-A4B shapes (random weights):
 1. **no host syncs**: device-side routing, the fused MoE kernels (NVFP4 and BF16) and the
    denoiser-statistics kernel run under `torch.cuda.set_sync_debug_mode("error")`;
 2. **CUDA graph**: the same, captured once and replayed, equal to the eager result;
-3. **timings** (CUDA events, median of repeats) of one routed-experts layer for a 256-token and
+3. **compiling**: with `--compile-only`, every kernel variant is compiled to a cubin for
+   sm_80, sm_89 and sm_90 by Triton's compiler and ptxas, which needs no GPU (CI runs it);
+4. **timings** (CUDA events, median of repeats) of one routed-experts layer for a 256-token and
    a 64-token canvas, Triton against the engine's current path (`moe_grouped`), each beside its
    bandwidth floor; the sampler statistics, the vocabulary projection, the self-conditioning
    product and attention; and a step projected from those parts (30 layers), which is a sum of
@@ -316,6 +318,83 @@ def vocabulary_and_attention(
     return parts
 
 
+# GPU generations the kernels must compile for: Ampere, Ada (RTX 4090), Hopper (H100/H200).
+COMPILE_TARGETS = (80, 89, 90)
+
+
+def compile_kernels(report: Report, capabilities: tuple[int, ...] = COMPILE_TARGETS) -> None:
+    """Compile every kernel variant to a cubin with Triton's own compiler and ptxas (no GPU needed),
+    which catches what the interpreter lets through (globals, types, shapes of tl.dot)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from kernels import denoiser_statistics_triton, moe_triton
+
+    def signature(fn, pointers: dict[str, str], constants: dict, floats: tuple[str, ...] = ()) -> dict:
+        return {
+            name: "constexpr"
+            if name in constants
+            else pointers.get(name, "fp32" if name in floats else "i32")
+            for name in fn.arg_names
+        }
+
+    variants = []
+    for nvfp4 in (True, False):
+        weight = "*u8" if nvfp4 else "*bf16"
+        common = dict(
+            slot_ids_ptr="*i32",
+            block_expert_ptr="*i32",
+            used_ptr="*i32",
+            w_ptr=weight,
+            s_ptr="*u8" if nvfp4 else "*bf16",
+            g_ptr="*fp32",
+        )
+        tiles = dict(NVFP4=nvfp4, BLOCK_M=16, BLOCK_N=64, BLOCK_K=64)
+        variants.append(
+            (moe_triton._gate_up_kernel, dict(common, x_ptr="*bf16", h_ptr="*bf16"), dict(tiles, TOP_K=8), ())
+        )
+        variants.append(
+            (
+                moe_triton._down_kernel,
+                dict(common, h_ptr="*bf16", router_ptr="*fp32", out_ptr="*fp32"),
+                tiles,
+                (),
+            )
+        )
+    stats_pointers = dict(
+        logits_ptr="*bf16",
+        uniform_ptr="*fp32",
+        probs_ptr="*bf16",
+        entropy_ptr="*fp32",
+        argmax_ptr="*i64",
+        sample_ptr="*i64",
+    )
+    variants.append(
+        (
+            denoiser_statistics_triton._denoiser_statistics_kernel,
+            stats_pointers,
+            dict(HAS_SOFTCAP=True, BLOCK_V=1024),
+            ("softcap", "inv_temperature"),
+        )
+    )
+    for capability in capabilities:
+        for fn, pointers, constants, floats in variants:
+            name = f"{fn.__name__} sm_{capability} {constants}"
+            if type(fn).__name__ != "JITFunction":
+                report.check(f"compile {name}", False, "TRITON_INTERPRET is set: kernels are interpreted")
+                continue
+            try:
+                source = ASTSource(
+                    fn=fn, signature=signature(fn, pointers, constants, floats), constexprs=constants
+                )
+                compiled = triton.compile(source, target=GPUTarget("cuda", capability, 32))
+                ok, detail = "cubin" in compiled.asm, ""
+            except Exception as error:  # a compile error of any kind is the finding
+                ok, detail = False, str(error).splitlines()[-1][:200]
+            report.check(f"compile {name}", ok, detail)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -323,7 +402,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=None, help="folder for gpu_check.txt and gpu_check.json")
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument(
+        "--compile-only", action="store_true", help="compile the kernels for sm_80/89/90 (no GPU needed)"
+    )
     args = parser.parse_args(argv)
+    if args.compile_only:
+        report = Report(args.out)
+        compile_kernels(report)
+        report.line(
+            f"{len(report.failures)} kernel(s) failed to compile"
+            if report.failures
+            else "all kernels compile"
+        )
+        return 1 if report.failures else 0
     if args.dry_run:
         os.environ.setdefault("TRITON_INTERPRET", "1")
     elif not torch.cuda.is_available():

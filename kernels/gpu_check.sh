@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The prepared device check of issue 11, run from the repository root:
 #
-#   bash kernels/gpu_check.sh            on a CUDA machine: kernel tests on CUDA (bf16 included),
+#   bash kernels/gpu_check.sh            on a CUDA machine: the kernels compiled for sm_80/89/90,
+#                                        kernel tests on CUDA (bf16 included),
 #                                        kernels/gpu_check.py at the real 26B-A4B shapes (no host
 #                                        syncs, CUDA graph, timings beside bandwidth floors), then
 #                                        `dgemma bench --shapes 26b-a4b` (the engine's own path, BF16)
-#   bash kernels/gpu_check.sh --dry-run  the same script on the CPU at tiny shapes under Triton's
-#                                        interpreter (CI); its times measure nothing
+#   bash kernels/gpu_check.sh --dry-run  the compile check, then the same checks on the CPU at tiny
+#                                        shapes under Triton's interpreter (CI); its times measure nothing
 #
 # Every output goes to $OUT (default: a new temporary folder), one file per part. The exit status
 # is non-zero when any part failed; the parts after a failure still run.
@@ -40,9 +41,10 @@ part() {  # part NAME TIMEOUT_S COMMAND...: run, keep its output in $OUT/NAME.tx
 }
 
 echo "output: $OUT"
+# Compiling needs no GPU: Triton's compiler and ptxas build the cubins for sm_80/89/90.
+part compile 300 env -u TRITON_INTERPRET TRITON_DEFAULT_FP_FUSION=1 "$python" -m kernels.gpu_check --compile-only
 if [[ $dry_run -eq 1 ]]; then
-    export TRITON_INTERPRET=1
-    part kernels 300 "$python" -m kernels.gpu_check --dry-run --out "$OUT"
+    part kernels 300 env TRITON_INTERPRET=1 "$python" -m kernels.gpu_check --dry-run --out "$OUT"
 else
     nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || true
     part kernel-tests 300 "$python" -m pytest -q -p no:cacheprovider tests/kernels

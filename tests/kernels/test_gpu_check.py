@@ -25,6 +25,7 @@ def test_gpu_check_dry_run_passes_every_check_and_saves_its_report(tmp_path):
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "all parts passed" in out.stdout
+    assert "== compile: exit 0" in out.stdout and "all kernels compile" in out.stdout
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert report["failures"] == []
     checks = report["checks"]
