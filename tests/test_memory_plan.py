@@ -52,6 +52,13 @@ def test_real_nvfp4_shapes_fit_18_gib_at_the_default_context_with_the_fused_samp
     assert torch_sampler.total_bytes > 18 * GiB  # why the fused kernel matters (README)
 
 
+def test_the_sdk_exposes_the_plan():
+    import engine
+
+    plan = engine.plan_memory(engine.ModelConfig(), "nvfp4", engine.Workload(prompt_tokens=2048))
+    assert isinstance(plan, engine.MemoryPlan) and plan.to_dict()["total_bytes"] == plan.total_bytes
+
+
 def test_memory_options_lower_the_plan():
     base = plan_memory(REAL, "nvfp4", Workload(prompt_tokens=8192))
     sliced = plan_memory(REAL, "nvfp4", Workload(prompt_tokens=8192), attention_slicing=True)
