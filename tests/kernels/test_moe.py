@@ -232,3 +232,28 @@ def tiny_checkpoint_nvfp4(tmp_path_factory):
 
     text = tiny_text_config(moe_intermediate_size=32)
     return write_random_checkpoint(tmp_path_factory.mktemp("moe") / "model", text, canvas_length=16)
+
+
+def test_the_device_path_runs_on_the_meta_device():
+    """Meta tensors have shapes and no values: a path that runs on them computes every shape from
+    the sizes alone and cannot read anything back to the host (.item(), .tolist(), bincount,
+    nonzero...), which on CUDA would each be a synchronisation."""
+    from kernels.denoiser_statistics import denoiser_statistics
+    from kernels.moe import moe_grouped
+
+    def meta(t: torch.Tensor) -> torch.Tensor:
+        return t.to("meta")
+
+    x = meta(torch.randn(24, 64))
+    weights, index = (meta(t) for t in routing(24, 8, 2, seed=14))
+    dense, stack = random_experts(8, 64, 32, seed=15), quantized(random_experts(8, 64, 32, seed=15))
+    dense = DenseExperts(meta(dense.gate_up), meta(dense.down))
+    stack = NVFP4Experts(*(meta(getattr(stack, f)) for f in stack.__dataclass_fields__))
+    blocks = sort_slots_by_expert(index, 8, 16)
+    assert blocks.slot_ids.shape == (expert_block_capacity(24, 2, 8, 16),)
+    assert fused_moe(x, index, weights, dense, backend="torch").shape == (24, 64)
+    assert fused_moe(x, index, weights, stack, backend="torch").shape == (24, 64)
+    stats = denoiser_statistics(meta(torch.randn(6, 300)), meta(torch.rand(6)), 0.7, backend="torch")
+    assert stats.sample.shape == (6,) and stats.probs.shape == (6, 300)
+    with pytest.raises(NotImplementedError, match="bincount"):  # the engine's current path cannot
+        moe_grouped(x, index, weights, lambda e: (dense.gate_up[e], dense.down[e]))
