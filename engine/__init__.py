@@ -12,6 +12,7 @@ from engine.errors import (
     OutOfMemoryError,
     PromptTooLongError,
 )
+from engine.memory_plan import MemoryPlan, Workload, plan_memory
 from engine.requests import ContextSnippet, GenerationStats, InfillRequest, InfillResult
 from engine.sampler import EntropyBoundSampler, SamplerConfig
 
@@ -29,9 +30,12 @@ __all__ = [
     "GenerationStats",
     "InfillRequest",
     "InfillResult",
+    "MemoryPlan",
     "ModelConfig",
     "OutOfMemoryError",
     "PromptTooLongError",
     "SamplerConfig",
     "TextConfig",
+    "Workload",
+    "plan_memory",
 ]

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 from engine.config import DTYPES, DiffusionConfig
+from engine.memory_plan import add_doctor_options, doctor_plan
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -167,6 +168,7 @@ def doctor_report() -> dict:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     report = doctor_report()
+    plan_lines = doctor_plan(args, report)  # with --model: adds report["memory_plan"]
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -188,6 +190,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     print(f"embedded model {'installed' if report['embedded_model'] else 'MISSING'}")
     for line in report["advice"]:
         print(f"advice: {line}")
+    for line in plan_lines:
+        print(line)
     return 0
 
 
@@ -219,4 +223,5 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("doctor", help="check Python, torch, CUDA, GPU memory and the NVFP4 floor")
     p.add_argument("--json", action="store_true")
+    add_doctor_options(p)
     p.set_defaults(func=cmd_doctor)
