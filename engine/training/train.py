@@ -129,6 +129,8 @@ class TrainConfig:
     # Corrupted canvases per encoded prompt: the encoder (most of an example's compute) runs once and
     # the decoder denoises `noise_draws` independent noise draws of the same target.
     noise_draws: int = 1
+    # Most a source (a package, or a top-level stdlib folder) may weigh among the files drawn (None: lines alone).
+    source_share_cap: float | None = None
     max_prefix_tokens: int = 384
     max_suffix_tokens: int = 128
     long_context_share: float = 0.1  # batches whose prefix window reaches long_prefix_tokens
@@ -189,6 +191,24 @@ def collate(examples: list[FimExample]) -> Batch:
     return Batch(prompt, valid, canvas, [e.kind for e in examples])
 
 
+def draw_weights(files: list[tuple[str, str]], share_cap: float | None) -> list[float]:
+    """A file's chance to be drawn: its lines, so that every line is about equally likely; with
+    `share_cap`, a source (a package: the first part of the corpus path) whose lines exceed that
+    share of all lines is scaled down to it, so that a few large packages do not make up most of the
+    data."""
+    weights = [float(text.count("\n") + 1) for _, text in files]
+    if not share_cap or not files:
+        return weights
+    total = sum(weights)
+    per_source: dict[str, float] = {}
+    for (path, _), weight in zip(files, weights, strict=True):
+        source = path.split("/", 1)[0]
+        per_source[source] = per_source.get(source, 0.0) + weight
+    limit = share_cap * total
+    scale = {source: min(1.0, limit / lines) for source, lines in per_source.items()}
+    return [w * scale[path.split("/", 1)[0]] for (path, _), w in zip(files, weights, strict=True)]
+
+
 class HoleData:
     """Files with their holes, and deterministic batches of FIM examples drawn from them."""
 
@@ -199,10 +219,9 @@ class HoleData:
         self.tokenizer = tokenizer
         self.builder = ExampleBuilder(tokenizer, config.max_prefix_tokens, config.max_suffix_tokens)
         self.files = files
-        # Files are drawn in proportion to their lines, so every line is about equally likely. Their
-        # holes are found with tree-sitter when a file is first drawn (a large corpus would take
+        # Files are drawn by `draw_weights`. Their holes are found with tree-sitter when a file is first drawn (a large corpus would take
         # minutes to parse up front) and kept for the files drawn most recently.
-        self.cum_weights = list(itertools.accumulate(text.count("\n") + 1 for _, text in files))
+        self.cum_weights = list(itertools.accumulate(draw_weights(files, config.source_share_cap)))
         self._holes: OrderedDict[int, FileHoles] = OrderedDict()
         if progress:
             print(f"{len(files)} files, {self.cum_weights[-1] if files else 0} lines", flush=True)
@@ -724,6 +743,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "packages",
         "init_from",
         "kind_canvas",
+        "source_share_cap",
         "tokenizer",
         "canvas_lengths",
         "canvas_weights",
@@ -751,6 +771,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--kind-weights",
         default=None,
         help="shares of hole kinds, e.g. line=0.35,line_rest=0.2,block=0.3,span=0.15",
+    )
+    parser.add_argument(
+        "--source-share-cap",
+        type=float,
+        default=None,
+        help="most share of drawn lines one package may have (e.g. 0.02); default: lines alone",
     )
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")

@@ -253,3 +253,13 @@ def test_init_from_auto_warm_starts_only_the_embedded_preset_without_its_own_tok
     assert init("--preset", "tiny") is None
     assert init("--init-from", "none") is None
     assert init("--init-from", "some/folder") == "some/folder"
+
+
+def test_a_source_share_cap_scales_down_only_the_sources_above_it():
+    from engine.training.train import draw_weights
+
+    files = [("big/a.py", "x\n" * 899), ("big/b.py", "x\n" * 99), ("small/c.py", "x\n" * 99), ("s/d.py", "")]
+    assert draw_weights(files, None) == [900, 100, 100, 1]
+    capped = draw_weights(files, 0.5)
+    assert capped[2:] == [100, 1]
+    assert sum(capped[:2]) == pytest.approx(0.5 * 1101) and capped[0] / capped[1] == pytest.approx(9)
