@@ -242,7 +242,9 @@ def run_real_shapes(args: argparse.Namespace) -> int:
         )
         sync()
         start = time.perf_counter()
-        for _ in generate_canvases(model, cache, sampler, [canvas], canvas, [1], 0, StopCheck()):
+        for _ in generate_canvases(
+            model, cache, sampler, [canvas], canvas_length=canvas, eos_ids=[1], pad_id=0, stop=StopCheck()
+        ):
             pass
         sync()
         denoise = time.perf_counter() - start
