@@ -2,13 +2,14 @@
 
     POST /v1/completions        prompt (+ suffix: infilling), max_tokens, diffusion_steps, knobs, stop, stream
     POST /v1/chat/completions   messages through the checkpoint's chat template, stream
-    GET  /v1/models             the served model (with max_model_len, canvas_length, fim)
+    GET  /v1/models             the served model under each of its names (max_model_len, canvas_length, fim)
     GET  /health                liveness, open without the API key
     GET  /metrics               Prometheus text format, open without the API key (as vLLM)
 
 Streams are server-sent events, one chunk per committed canvas, then `data: [DONE]`. Errors have
 OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`: 400 for bad input (pydantic
-validation, limits, context length), 401 without the API key, 404 for another model name, 408 for
+validation, limits, context length), 401 without the API key, 404 for a model name this server does
+not serve (it answers to every name in `served_model_names`, as vLLM's `--served-model-name`), 408 for
 a body that does not arrive in time, 413 for an oversized body, 429 when the queue is full, 504
 when generation passes the request timeout. A client that disconnects cancels its generation
 between two denoising steps. Generation runs on one engine thread (batching.py).
@@ -71,7 +72,9 @@ DEADLINE_GRACE_S = 1.0
 
 @dataclass
 class ServerConfig:
+    # The name responses carry and `/v1/models` lists first; requests may use it or any alias.
     model_name: str = "dgemma"
+    model_aliases: tuple[str, ...] = ()
     api_key: str | None = None
     max_body_bytes: int = 1 << 20
     # Per-request generation deadline; the body must also arrive within `body_timeout_s`.
@@ -84,6 +87,10 @@ class ServerConfig:
     batch_window_ms: float = 10.0
     max_batch_size: int = 8
     max_queue: int = 256
+
+    @property
+    def served_model_names(self) -> tuple[str, ...]:
+        return (self.model_name, *(a for a in self.model_aliases if a != self.model_name))
 
 
 def served_model_name(source: str) -> str:
@@ -306,10 +313,11 @@ def create_app(model: Any, config: ServerConfig | None = None) -> FastAPI:
     # --- helpers --------------------------------------------------------------------------------
 
     def check_common(body: DiffusionParameters) -> None:
-        if body.model is not None and body.model != config.model_name:
+        if body.model is not None and body.model not in config.served_model_names:
+            served = ", ".join(repr(name) for name in config.served_model_names)
             raise ApiError(
                 404,
-                f"the model {body.model!r} does not exist here; this server serves {config.model_name!r}",
+                f"the model {body.model!r} does not exist here; this server serves {served}",
                 param="model",
                 code="model_not_found",
             )
@@ -635,15 +643,19 @@ def create_app(model: Any, config: ServerConfig | None = None) -> FastAPI:
 
     @app.get("/v1/models", response_model=ModelList, responses={401: {"model": ErrorResponse}})
     async def models() -> ModelList:
-        """The one served model, with its context and canvas lengths and whether it has FIM tokens."""
-        card = ModelCard(
-            id=config.model_name,
-            created=created,
-            max_model_len=model.context_length,
-            canvas_length=model.canvas_length,
-            fim=bool(model.has_fim_tokens),
-        )
-        return ModelList(data=[card])
+        """The served model under each of its names (the main one first), with its context and
+        canvas lengths and whether it has FIM tokens."""
+        cards = [
+            ModelCard(
+                id=name,
+                created=created,
+                max_model_len=model.context_length,
+                canvas_length=model.canvas_length,
+                fim=bool(model.has_fim_tokens),
+            )
+            for name in config.served_model_names
+        ]
+        return ModelList(data=cards)
 
     @app.get("/health")
     async def health() -> dict:
