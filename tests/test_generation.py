@@ -147,3 +147,28 @@ def test_a_failed_pass_leaves_no_half_written_cache(tiny_checkpoint, monkeypatch
             "def g(y): return", max_tokens=16, num_diffusion_steps=2
         )  # dies in layer 3 of the prompt pass
     assert model.generate("def g(y):", max_tokens=16, num_diffusion_steps=2) == expected
+
+
+def test_a_canvas_that_ends_in_pads_ends_the_row_at_the_first_of_them(tiny_checkpoint):
+    """The embedded model's habit: pads to the end of the canvas and no EOS. The row ends there
+    ("stop", the text before the pads) and no further canvas runs; pads followed by other tokens
+    stay part of the row. The committed tokens are the model's own either way."""
+    model = DiffusionGemmaModel.from_pretrained(
+        tiny_checkpoint, config=DiffusionConfig(dtype="float32", seed=8)
+    )
+    model.eos_ids = [511]
+    free = model.run(model.request("x = ", max_tokens=48, num_diffusion_steps=2))
+    assert len(free.tokens) == 48 and free.finish_reason == "length" and free.stats.canvases == 3
+    first = free.tokens[:16]
+    start = 16
+    while start > 0 and first[start - 1] == first[-1]:
+        start -= 1
+    middle = next(t for t in first[:start] if t not in first[start:] and first.index(t) < start - 1)
+    # The same random model, told that the token ending its first canvas is <pad>.
+    model.model_config.text.pad_token_id = first[-1]
+    padded = model.run(model.request("x = ", max_tokens=48, num_diffusion_steps=2))
+    assert padded.tokens == first[:start] and padded.finish_reason == "stop"
+    assert padded.text == model.tokenizer.decode(first[:start]) and padded.stats.canvases == 1
+    # A <pad> with other tokens after it in the canvas is text like any other.
+    model.model_config.text.pad_token_id = middle
+    assert model.run(model.request("x = ", max_tokens=48, num_diffusion_steps=2)).tokens == free.tokens
