@@ -34,7 +34,7 @@ from engine.config import DiffusionConfig, ModelConfig
 from engine.device import resolve_device, resolve_dtype, translate_oom
 from engine.errors import ConfigError, PromptTooLongError
 from engine.generation import CanvasOutcome, StopCheck, generate_canvases
-from engine.loading import load_transformer, read_generation_config, resolve_model_path
+from engine.loading import load_transformer, plan_load, read_generation_config, resolve_model_path
 from engine.model import DiffusionGemmaTransformer
 from engine.prompting import chat_infill_messages, fim_prompt, strip_code_fence
 from engine.requests import (
@@ -120,15 +120,16 @@ class DiffusionGemmaModel:
         tokenizer = Tokenizer.from_folder(folder)
         device = resolve_device(config.device)
         dtype, nvfp4 = resolve_dtype(config.dtype, device)
+        plan = plan_load(
+            folder,
+            model_config,
+            dtype,
+            device,
+            nvfp4_experts=nvfp4,
+            experts_on_cpu=config.cpu_offload_unused_experts and device.type != "cpu",
+        )
         with translate_oom(f"loading {folder}"):
-            transformer = load_transformer(
-                folder,
-                model_config,
-                dtype,
-                device,
-                nvfp4_experts=nvfp4,
-                experts_on_cpu=config.cpu_offload_unused_experts and device.type != "cpu",
-            )
+            transformer = load_transformer(plan)
         if config.cpu_offload_unused_experts:
             transformer.offload_experts_to_cpu(device)
         transformer.eval()

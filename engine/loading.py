@@ -246,7 +246,11 @@ NVFP4_BYTES_PER_WEIGHT = 0.5 + 1 / 16
 class LoadPlan:
     """What loading will do, decided before any tensor is read (2.4, 6.1)."""
 
+    folder: Path
+    config: ModelConfig
     files: list[Path]
+    dtype: torch.dtype
+    device: torch.device
     stored_nvfp4: bool  # the checkpoint holds ModelOpt NVFP4 experts
     keep_quantized: bool  # experts stay NVFP4 in memory (dequantised per call)
     experts_on_cpu: bool  # experts live in CPU memory; each call copies the routed ones over
@@ -284,7 +288,11 @@ def plan_load(
         per_weight = NVFP4_BYTES_PER_WEIGHT if keep_quantized else dtype.itemsize
         device_bytes -= int(expert_parameters(config) * per_weight)
     return LoadPlan(
+        folder=folder,
+        config=config,
         files=files,
+        dtype=dtype,
+        device=device,
         stored_nvfp4=stored_nvfp4,
         keep_quantized=keep_quantized,
         experts_on_cpu=experts_on_cpu,
@@ -293,15 +301,14 @@ def plan_load(
     )
 
 
-def build_empty_model(
-    config: ModelConfig, dtype: torch.dtype, device: torch.device, plan: LoadPlan
-) -> DiffusionGemmaTransformer:
+def build_empty_model(plan: LoadPlan) -> DiffusionGemmaTransformer:
     """The model built on the meta device, then given uninitialised storage (weights come next).
 
     Experts that stay quantised get no dense storage at all; experts kept on the CPU get theirs there.
     """
+    dtype, device = plan.dtype, plan.device
     with torch.device("meta"):
-        model = DiffusionGemmaTransformer(config.text).to(dtype)
+        model = DiffusionGemmaTransformer(plan.config.text).to(dtype)
     expert_shapes = [
         (layer.experts.gate_up_proj.shape, layer.experts.down_proj.shape) for layer in model.layers
     ]
@@ -349,7 +356,7 @@ class ReadWeights:
     nvfp4_parts: dict[tuple[int, int, str], dict[str, torch.Tensor]] = field(default_factory=dict)
 
 
-def read_weights(model: DiffusionGemmaTransformer, plan: LoadPlan, dtype: torch.dtype) -> ReadWeights:
+def read_weights(model: DiffusionGemmaTransformer, plan: LoadPlan) -> ReadWeights:
     """Copy every checkpoint tensor into its parameter (checking names and shapes), quantising
     stacked experts where the plan keeps them NVFP4 and collecting ModelOpt's per-expert parts."""
     params = dict(model.named_parameters())
@@ -366,7 +373,7 @@ def read_weights(model: DiffusionGemmaTransformer, plan: LoadPlan, dtype: torch.
                 hint="config.json and the weights disagree: they come from different checkpoints",
             )
         if plan.keep_quantized and ".experts." in name:
-            _quantize_stacked(model, name, tensor, dtype, plan.expert_device)
+            _quantize_stacked(model, name, tensor, plan.dtype, plan.expert_device)
         else:
             param = params[name]
             if tuple(tensor.shape) != tuple(param.shape):
@@ -379,14 +386,12 @@ def read_weights(model: DiffusionGemmaTransformer, plan: LoadPlan, dtype: torch.
     return read
 
 
-def finish_loading(
-    model: DiffusionGemmaTransformer, plan: LoadPlan, dtype: torch.dtype, read: ReadWeights, folder: Path
-) -> None:
+def finish_loading(model: DiffusionGemmaTransformer, plan: LoadPlan, read: ReadWeights) -> None:
     """The fix-ups after reading: NVFP4 experts installed, encoder scalars filled in where a repack
     lacks them, and every expected tensor accounted for."""
     if read.nvfp4_parts:
         _install_nvfp4_experts(
-            model, read.nvfp4_parts, dtype, plan.expert_device, plan.keep_quantized, read.loaded
+            model, read.nvfp4_parts, plan.dtype, plan.expert_device, plan.keep_quantized, read.loaded
         )
     if plan.keep_quantized:
         for layer_index, layer in enumerate(model.layers):
@@ -406,26 +411,19 @@ def finish_loading(
     missing = sorted(expected - read.loaded)
     if missing:
         raise CheckpointError(
-            f"{folder} lacks {len(missing)} tensor(s), e.g. {', '.join(checkpoint_name(n) for n in missing[:3])}",
+            f"{plan.folder} lacks {len(missing)} tensor(s), e.g. {', '.join(checkpoint_name(n) for n in missing[:3])}",
             hint="the checkpoint is incomplete or is not a DiffusionGemma text model",
         )
 
 
-def load_transformer(
-    folder: Path,
-    config: ModelConfig,
-    dtype: torch.dtype,
-    device: torch.device,
-    nvfp4_experts: bool,
-    experts_on_cpu: bool = False,
-) -> DiffusionGemmaTransformer:
+def load_transformer(plan: LoadPlan) -> DiffusionGemmaTransformer:
     """Build the model and fill it from the folder's safetensors (2.4 loader rules), in steps:
-    plan (find, validate, size), check memory, build on meta, read tensors, fix-ups."""
-    plan = plan_load(folder, config, dtype, device, nvfp4_experts, experts_on_cpu)
-    check_memory(plan.device_bytes, device, f"loading {folder.name}")
-    model = build_empty_model(config, dtype, device, plan)
-    read = read_weights(model, plan, dtype)
-    finish_loading(model, plan, dtype, read, folder)
+    the plan (found, validated, sized: `plan_load`), the memory check, the model on the meta device,
+    the tensors read, the fix-ups."""
+    check_memory(plan.device_bytes, plan.device, f"loading {plan.folder.name}")
+    model = build_empty_model(plan)
+    read = read_weights(model, plan)
+    finish_loading(model, plan, read)
     return model
 
 

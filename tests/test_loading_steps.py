@@ -74,12 +74,12 @@ def test_the_plan_rejects_nvfp4_for_experts_not_in_blocks_of_16(tiny_checkpoint)
 def test_the_empty_model_has_no_meta_tensors_and_no_dense_storage_for_quantised_experts(tiny_checkpoint):
     config = config_of(tiny_checkpoint)
     plan = plan_load(tiny_checkpoint, config, torch.float32, CPU, nvfp4_experts=False)
-    model = build_empty_model(config, torch.float32, CPU, plan)
+    model = build_empty_model(plan)
     assert not any(p.is_meta for p in model.parameters())
     assert all(not p.requires_grad for p in model.parameters())
     experts = model.layers[0].experts
     assert experts.gate_up_proj.shape == (8, 48, 64)
-    quantised = build_empty_model(config, torch.float32, CPU, replace(plan, keep_quantized=True))
+    quantised = build_empty_model(replace(plan, keep_quantized=True))
     assert quantised.layers[0].experts.gate_up_proj.numel() == 0
 
 
@@ -102,14 +102,14 @@ def test_reading_weights_rejects_tensors_the_config_has_no_room_for(checkpoint):
     rewrite(checkpoint, tensors)
     plan = plan_load(checkpoint, config, torch.float32, CPU, nvfp4_experts=False)
     with pytest.raises(CheckpointError, match="layers.0.extra.weight, which a DiffusionGemma model"):
-        read_weights(build_empty_model(config, torch.float32, CPU, plan), plan, torch.float32)
+        read_weights(build_empty_model(plan), plan)
 
 
 def test_reading_weights_fills_every_parameter_with_the_checkpoints_values(tiny_checkpoint):
     config = config_of(tiny_checkpoint)
     plan = plan_load(tiny_checkpoint, config, torch.float32, CPU, nvfp4_experts=False)
-    model = build_empty_model(config, torch.float32, CPU, plan)
-    read = read_weights(model, plan, torch.float32)
+    model = build_empty_model(plan)
+    read = read_weights(model, plan)
     assert read.loaded == {name for name, _ in model.named_parameters()} and not read.nvfp4_parts
     expected = tensors_of(tiny_checkpoint)["model.decoder.layers.2.router.proj.weight"]
     assert torch.equal(model.layers[2].router.proj.weight, expected)
@@ -122,13 +122,13 @@ def test_fix_ups_fill_missing_encoder_scalars_and_name_a_missing_tensor(checkpoi
         del tensors[key]  # a repack with one scalar per layer
     rewrite(checkpoint, tensors)
     plan = plan_load(checkpoint, config, torch.float32, CPU, nvfp4_experts=False)
-    model = build_empty_model(config, torch.float32, CPU, plan)
-    read = read_weights(model, plan, torch.float32)
-    finish_loading(model, plan, torch.float32, read, checkpoint)
+    model = build_empty_model(plan)
+    read = read_weights(model, plan)
+    finish_loading(model, plan, read)
     for layer in model.layers:
         assert torch.equal(layer.encoder_layer_scalar, layer.layer_scalar)
     read.loaded.discard("layers.1.mlp.up_proj.weight")
     with pytest.raises(
         CheckpointError, match=r"lacks 1 tensor\(s\), e.g. model.decoder.layers.1.mlp.up_proj"
     ):
-        finish_loading(model, plan, torch.float32, read, checkpoint)
+        finish_loading(model, plan, read)
