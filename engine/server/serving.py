@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
 
@@ -35,6 +36,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 401, 404, 408, 413, 429, 504)
 }
 STREAM_RESPONSE = {200: {"content": {"text/event-stream": {}}, "description": "JSON, or SSE with stream"}}
+GENERATION_RESPONSES = {**ERROR_RESPONSES, **STREAM_RESPONSE}
 
 
 class Serving:
@@ -89,6 +91,20 @@ class Serving:
             )
 
     # --- jobs ------------------------------------------------------------------------------------
+
+    async def accept(self, body: DiffusionParameters, make_jobs: Callable[[], list[Job]]) -> list[Job]:
+        """Check what every generation request shares, then build its jobs in a worker thread."""
+        self.check_common(body)
+        return await self.prepare(make_jobs)
+
+    def envelope(self, id_prefix: str, object_: str) -> dict:
+        """The `id`, `object`, `created` and `model` of an answer and of each of its stream chunks."""
+        return {
+            "id": f"{id_prefix}-{uuid.uuid4().hex}",
+            "object": object_,
+            "created": int(time.time()),
+            "model": self.config.model_name,
+        }
 
     def new_job(self, body: DiffusionParameters, ids: list[int] | None, max_tokens: int) -> Job:
         return Job(

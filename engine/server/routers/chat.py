@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import time
-import uuid
 from typing import Any
 
 from fastapi import APIRouter, Request
 
 from engine.server.batching import Job
 from engine.server.schemas import AssistantMessage, ChatChoice, ChatCompletionRequest, ChatCompletionResponse
-from engine.server.serving import (
-    ERROR_RESPONSES,
-    STREAM_RESPONSE,
-    Serving,
-    ServingDep,
-    diffusion_stats,
-    usage,
-)
+from engine.server.serving import GENERATION_RESPONSES, Serving, ServingDep, diffusion_stats, usage
 
 router = APIRouter()
 
@@ -34,15 +25,12 @@ def chat_job(serving: Serving, body: ChatCompletionRequest) -> Job:
 @router.post(
     "/v1/chat/completions",
     response_model=ChatCompletionResponse,
-    responses={**ERROR_RESPONSES, **STREAM_RESPONSE},
+    responses=GENERATION_RESPONSES,
 )
 async def chat_completions(body: ChatCompletionRequest, request: Request, serving: ServingDep) -> Any:
     """Chat completion: system, user and assistant turns through the model's chat template."""
-    serving.check_common(body)
-    job = await serving.prepare(lambda: chat_job(serving, body))
-    name = serving.config.model_name
-    ident, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-    base = {"id": ident, "object": "chat.completion.chunk", "created": now, "model": name}
+    job = (await serving.accept(body, lambda: [chat_job(serving, body)]))[0]
+    base = serving.envelope("chatcmpl", "chat.completion.chunk")
     if body.stream:
 
         def choice(index: int, text: str | None, finish: str | None) -> dict:
@@ -60,9 +48,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, servin
         serving.account(results)
         result = results[0]
         return ChatCompletionResponse(
-            id=ident,
-            created=now,
-            model=name,
+            id=base["id"],
+            created=base["created"],
+            model=base["model"],
             choices=[
                 ChatChoice(
                     index=0,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-import uuid
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -12,14 +10,7 @@ from engine.requests import ContextSnippet, InfillRequest
 from engine.server.batching import Job
 from engine.server.errors import ApiError
 from engine.server.schemas import CompletionChoice, CompletionRequest, CompletionResponse
-from engine.server.serving import (
-    ERROR_RESPONSES,
-    STREAM_RESPONSE,
-    Serving,
-    ServingDep,
-    diffusion_stats,
-    usage,
-)
+from engine.server.serving import GENERATION_RESPONSES, Serving, ServingDep, diffusion_stats, usage
 
 router = APIRouter()
 
@@ -71,15 +62,12 @@ def completion_jobs(serving: Serving, body: CompletionRequest) -> list[Job]:
 @router.post(
     "/v1/completions",
     response_model=CompletionResponse,
-    responses={**ERROR_RESPONSES, **STREAM_RESPONSE},
+    responses=GENERATION_RESPONSES,
 )
 async def completions(body: CompletionRequest, request: Request, serving: ServingDep) -> Any:
     """Text completion; with `suffix`, fill the hole between `prompt` and `suffix`."""
-    serving.check_common(body)
-    jobs = await serving.prepare(lambda: completion_jobs(serving, body))
-    name = serving.config.model_name
-    ident, now = f"cmpl-{uuid.uuid4().hex}", int(time.time())
-    base = {"id": ident, "object": "text_completion", "created": now, "model": name}
+    jobs = await serving.accept(body, lambda: completion_jobs(serving, body))
+    base = serving.envelope("cmpl", "text_completion")
     if body.stream:
 
         def choice(index: int, text: str | None, finish: str | None) -> dict:
@@ -91,9 +79,9 @@ async def completions(body: CompletionRequest, request: Request, serving: Servin
         results = await serving.run(jobs, request)
         serving.account(results)
         return CompletionResponse(
-            id=ident,
-            created=now,
-            model=name,
+            id=base["id"],
+            created=base["created"],
+            model=base["model"],
             choices=[
                 CompletionChoice(index=i, text=r.text, finish_reason=r.finish_reason)
                 for i, r in enumerate(results)
