@@ -227,6 +227,7 @@ class PrefixCache:
         self.encode = encode
         self.enabled = enabled
         self.cache: KVCache | None = None
+        self._held = False  # a generation is using `cache` (a stream suspended between canvases)
 
     def prepare(self, ids: list[int]) -> tuple[KVCache, int]:
         """A cache holding exactly `ids`, and how many of them came from the previous prompt."""
@@ -249,11 +250,20 @@ class PrefixCache:
     def holding(self, ids: list[int]) -> Iterator[tuple[KVCache, int]]:
         """`prepare(ids)`; afterwards the cache is cut back to the prompt (generation commits canvases
         into it, and the next prompt must not see them)."""
+        if self._held:
+            # Another call holds the kept cache (a suspended stream on this thread): this one gets
+            # its own, so neither sees the other's canvases.
+            cache = self.new_cache()
+            self.encode(ids, cache)
+            yield cache, 0
+            return
         cache, reused = self.prepare(ids)
         prompt_length = cache.length
+        self._held = True
         try:
             yield cache, reused
         finally:
+            self._held = False
             if cache is self.cache and cache.length != prompt_length:
                 if cache.can_crop(prompt_length):
                     cache.crop(prompt_length)

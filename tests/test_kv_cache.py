@@ -145,3 +145,11 @@ def test_a_disabled_prefix_cache_keeps_nothing(model):
     prefix.prepare([2, 50, 51])
     cache, reused = prefix.prepare([2, 50, 51, 52])
     assert reused == 0 and cache.length == 4 and prefix.cache is None
+
+
+def test_a_call_while_the_cache_is_held_gets_its_own(model):
+    prefix = PrefixCache(model.transformer.new_cache, model._encode)
+    with prefix.holding([2, 50, 51, 52]) as (held, _):
+        with prefix.holding([2, 50, 51, 60]) as (other, reused):
+            assert other is not held and reused == 0 and other.length == 4
+        assert held.token_ids[0].tolist() == [2, 50, 51, 52] and prefix.cache is held

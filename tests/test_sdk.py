@@ -241,3 +241,30 @@ def test_tokenization_and_chat_template_match_transformers(model, tiny_checkpoin
     expected = hf.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
     expected = expected["input_ids"] if isinstance(expected, dict) or hasattr(expected, "keys") else expected
     assert model.chat_prompt_ids(messages) == list(expected)
+
+
+def test_each_stream_carries_its_own_figures_while_another_call_runs(model):
+    """Figures travel with their call: a stream's result is its own, however calls interleave."""
+    long = model.generate_stream("import os", max_tokens=48, num_diffusion_steps=2, seed=5)
+    first = next(long)
+    assert long.result.stats.canvases >= 1 and long.result.text.startswith(first)
+    # The model's lock is re-entrant on this thread, so a second call may run between two chunks.
+    short = model.run(model.request("x = ", max_tokens=4, num_diffusion_steps=1, seed=1))
+    rest = "".join(long)
+    assert short.stats.canvases == 1 and short.stats.generated_tokens <= 4
+    assert long.result.text == first + rest
+    # ... and neither call saw the other's canvases.
+    assert long.result.text == model.generate("import os", max_tokens=48, num_diffusion_steps=2, seed=5)
+    assert short.text == model.generate("x = ", max_tokens=4, num_diffusion_steps=1, seed=1)
+    assert long.result.stats.prompt_tokens == len(model.tokenizer.encode("import os"))
+    assert long.result.stats.canvases == 3 or long.result.finish_reason == "stop"
+
+
+def test_a_stream_never_shows_the_start_of_a_stop_string_before_it_is_decided(model):
+    text = model.generate("x", max_tokens=48, num_diffusion_steps=2, seed=3)
+    for start in range(4, len(text) - 3, 5):
+        stop = text[start : start + 3]
+        chunks = list(model.generate_stream("x", max_tokens=48, num_diffusion_steps=2, seed=3, stop=[stop]))
+        assert "".join(chunks) == text[: text.find(stop)]
+        for chunk in chunks[:-1]:
+            assert not any(chunk.endswith(stop[:size]) for size in range(1, len(stop))), (chunk, stop)
