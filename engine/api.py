@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -54,6 +54,15 @@ __all__ = ["SAMPLER_KNOBS", "DiffusionGemmaModel", "GenerationStream"]
 
 # Keyword options of the text-in calls that are request fields; any other keyword is a sampler knob.
 REQUEST_OPTIONS = ("num_diffusion_steps", "stop", "seed", "deadline", "should_stop", "canvas_length")
+
+
+def check_knobs(knobs: Mapping[str, Any]) -> None:
+    """Every knob a request sets must be one the sampler has (`SAMPLER_KNOBS`)."""
+    unknown = set(knobs) - set(SAMPLER_KNOBS)
+    if unknown:
+        raise ConfigError(
+            f"unknown sampler option(s) {sorted(unknown)}", hint=f"known: {', '.join(SAMPLER_KNOBS)}"
+        )
 
 
 class GenerationStream(Iterator[str]):
@@ -356,11 +365,7 @@ class DiffusionGemmaModel:
     def _request(self, ids: list[int], max_tokens: int, options: dict[str, Any]) -> GenerationRequest:
         fields = {k: v for k, v in options.items() if k in REQUEST_OPTIONS}
         knobs = {k: v for k, v in options.items() if k not in REQUEST_OPTIONS}
-        unknown = set(knobs) - set(SAMPLER_KNOBS)
-        if unknown:
-            raise ConfigError(
-                f"unknown sampler option(s) {sorted(unknown)}", hint=f"known: {', '.join(SAMPLER_KNOBS)}"
-            )
+        check_knobs(knobs)
         fields["stop"] = tuple(fields.get("stop") or ())
         return GenerationRequest(ids, max_tokens, sampler_knobs=knobs, **fields)
 
@@ -375,11 +380,7 @@ class DiffusionGemmaModel:
         return ids
 
     def _sampler(self, request: GenerationRequest) -> EntropyBoundSampler:
-        unknown = set(request.sampler_knobs) - set(SAMPLER_KNOBS)
-        if unknown:
-            raise ConfigError(
-                f"unknown sampler option(s) {sorted(unknown)}", hint=f"known: {', '.join(SAMPLER_KNOBS)}"
-            )
+        check_knobs(request.sampler_knobs)  # requests may be built by hand
         config = self.sampler_defaults.with_overrides(
             max_denoising_steps=request.num_diffusion_steps, **request.sampler_knobs
         )
