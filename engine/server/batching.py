@@ -7,9 +7,9 @@ Batching policy. A job is *batchable* when it is a plain, non-streaming generati
 without `suffix`, or a chat completion) **without a seed**. When the engine takes a batchable job it
 waits up to `batch_window_s` after that job arrived for other batchable jobs with the same step
 budget and sampler knobs (one canvas batch needs one sampler configuration), then runs up to
-`max_batch_size` of them as one `generate_batch` call: one prompt encode and one canvas batch per
+`max_batch_size` of them as one `run_batch` call: one prompt encode and one canvas batch per
 step for all of them. Jobs that queued while the engine was busy are taken at once, without waiting.
-Everything else runs alone through `generate_stream`, which keeps what a batch cannot give:
+Everything else runs alone through `stream`, which keeps what a batch cannot give:
 - streaming, one chunk per committed canvas;
 - seeds: a batch draws its random numbers for all rows from one generator, so a row's text depends
   on its neighbours; a seeded request runs alone and gets the same text whatever else is running;
