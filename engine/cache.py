@@ -229,6 +229,10 @@ class PrefixCache:
         self.cache: KVCache | None = None
         self._held = False  # a generation is using `cache` (a stream suspended between canvases)
 
+    def clear(self) -> None:
+        """Forget the kept prompt: the next call encodes its whole prompt."""
+        self.cache = None
+
     def prepare(self, ids: list[int]) -> tuple[KVCache, int]:
         """A cache holding exactly `ids`, and how many of them came from the previous prompt."""
         cache, reused = self.cache if self.enabled else None, 0

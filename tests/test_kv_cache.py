@@ -153,3 +153,13 @@ def test_a_call_while_the_cache_is_held_gets_its_own(model):
         with prefix.holding([2, 50, 51, 60]) as (other, reused):
             assert other is not held and reused == 0 and other.length == 4
         assert held.token_ids[0].tolist() == [2, 50, 51, 52] and prefix.cache is held
+
+
+def test_the_bench_times_cold_calls_without_the_prefix_cache_and_warm_calls_with_it(model):
+    from engine.bench import time_ours
+
+    prompt = [2, 40, 41, 42]
+    time_ours(model, prompt, tokens=4, steps=1, repeats=1, warm=False)
+    assert not model.prefix_cache.enabled and model.prefix_cache.cache is None
+    time_ours(model, prompt, tokens=4, steps=1, repeats=1, warm=True)
+    assert model.prefix_cache.enabled and model.prefix_cache.cache.token_ids[0].tolist() == prompt
