@@ -18,11 +18,8 @@ from dataclasses import dataclass
 
 from dgemma_lsp.text import CLOSERS, OPENERS, QUOTES, indent_width, leading_ws
 
-try:  # the prompt format's tokens; the engine may be absent when only the server is installed
-    from engine.prompting import FIM_TOKENS, HOLE
-except ImportError:  # pragma: no cover - engine is part of the same distribution
-    FIM_TOKENS = ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", "<|file_sep|>")
-    HOLE = "<|HOLE|>"
+# The prompt format's tokens and the one code-fence rule (torch-free: shared with the engine).
+from engine.prompting import FIM_TOKENS, HOLE, strip_code_fence
 
 # Tokens after which nothing belongs to the hole.
 STOP_TOKENS = (
@@ -50,7 +47,6 @@ _GENERIC_SPECIAL = re.compile(r"<\|[A-Za-z_][A-Za-z0-9_]*\|>")
 # Control characters (except tab and newline; a lone carriage return too), DEL, C1 controls
 # and U+FFFD (bytes that were not valid UTF-8): a model that emits them has left the code.
 _JUNK_CHAR = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ufffd]")
-_FENCE = re.compile(r"^\s*```[\w+-]*[ \t]*\n")
 DEFAULT_UNIT = "    "
 
 
@@ -99,16 +95,6 @@ def cut_at_junk(text: str) -> str:
     """Keep the text before the first control character or undecodable byte."""
     match = _JUNK_CHAR.search(text.replace("\r\n", "\n"))
     return text if match is None else text.replace("\r\n", "\n")[: match.start()]
-
-
-def strip_code_fence(text: str) -> str:
-    """Chat-style answers wrap code in ``` fences; keep the inside."""
-    match = _FENCE.match(text)
-    if not match:
-        return text
-    body = text[match.end() :]
-    end = body.find("```")
-    return body if end == -1 else body[:end].rstrip("\n")
 
 
 def keep_first_line(text: str) -> str:

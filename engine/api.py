@@ -7,42 +7,80 @@
     model.chat([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}])
     model.infill("def add(a, b):\n    ", "\n\nprint(add(1, 2))\n", max_tokens=32)
 
-Calls are serialised by a lock, so one model can serve several threads. The KV cache of the last
-prompt is kept and its longest common token prefix reused by the next call (editors resend
-nearly the same prompt at every keystroke). `last_stats` describes the last call.
+Underneath the text-in, text-out calls there are three: `run(request)` (one row, whole answer),
+`stream(request)` (one row, text deltas canvas by canvas) and `run_batch(requests)` (several rows
+in one canvas batch). A `GenerationRequest` goes in; a `GenerationResult` (tokens, text, finish
+reason, stats) comes out of each call, so the figures of a call travel with it and nothing about
+a call is kept on the model.
+
+Calls are serialised by a lock, so one model can serve several threads. The prefix cache keeps
+the last prompt's KV and reuses its longest common token prefix in the next call (editors resend
+nearly the same prompt at every keystroke).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from engine.cache import KVCache
+from engine.cache import KVCache, PrefixCache
 from engine.config import DiffusionConfig, ModelConfig
 from engine.device import resolve_device, resolve_dtype, translate_oom
 from engine.errors import ConfigError, PromptTooLongError
-from engine.generation import StopCheck, generate_canvases
-from engine.loading import load_transformer, read_generation_config, resolve_model_path
+from engine.generation import CanvasOutcome, StopCheck, generate_canvases
+from engine.loading import load_transformer, plan_load, read_generation_config, resolve_model_path
 from engine.model import DiffusionGemmaTransformer
 from engine.prompting import chat_infill_messages, fim_prompt, strip_code_fence
-from engine.requests import GenerationStats, InfillRequest, InfillResult
+from engine.requests import (
+    SAMPLER_KNOBS,
+    BatchResult,
+    GenerationRequest,
+    GenerationResult,
+    GenerationStats,
+    InfillRequest,
+    InfillResult,
+)
+from engine.rows import LENGTH, STOP, RowReader
 from engine.sampler import EntropyBoundSampler, GeneratorRandom, RandomSource, ReferenceRandom, SamplerConfig
 from engine.tokenizer import Tokenizer
 
-SAMPLER_KNOBS = ("entropy_bound", "t_min", "t_max", "stability_threshold", "confidence_threshold")
+__all__ = ["SAMPLER_KNOBS", "DiffusionGemmaModel", "GenerationStream"]
+
+# Keyword options of the text-in calls that are request fields; any other keyword is a sampler knob.
+REQUEST_OPTIONS = ("num_diffusion_steps", "stop", "seed", "deadline", "should_stop", "canvas_length")
 
 
-@dataclass
-class _CallOptions:
-    sampler: SamplerConfig
-    seed: int | None
-    stop: StopCheck
+def check_knobs(knobs: Mapping[str, Any]) -> None:
+    """Every knob a request sets must be one the sampler has (`SAMPLER_KNOBS`)."""
+    unknown = set(knobs) - set(SAMPLER_KNOBS)
+    if unknown:
+        raise ConfigError(
+            f"unknown sampler option(s) {sorted(unknown)}", hint=f"known: {', '.join(SAMPLER_KNOBS)}"
+        )
+
+
+class GenerationStream(Iterator[str]):
+    """The text deltas of one call, canvas by canvas (the end that could still become a stop string
+    is held back). `result` fills in as the deltas come and is complete when they end."""
+
+    def __init__(self, deltas: Iterator[str], result: GenerationResult):
+        self._deltas = deltas
+        self.result = result
+
+    def __next__(self) -> str:
+        return next(self._deltas)
+
+    def close(self) -> None:
+        """Stop generating (between two canvases); the prompt stays in the prefix cache."""
+        close = getattr(self._deltas, "close", None)
+        if close is not None:
+            close()
 
 
 class DiffusionGemmaModel:
@@ -72,9 +110,10 @@ class DiffusionGemmaModel:
         transformer.set_attention_slicing(
             None if slicing is False else (128 if slicing is True else int(slicing))
         )
-        self.last_stats = GenerationStats()
         self._lock = threading.RLock()
-        self._prompt_cache: KVCache | None = None
+        self.prefix_cache = PrefixCache(
+            transformer.new_cache, self._encode, enabled=self.config.reuse_prompt_cache
+        )
 
     # ---- construction ---------------------------------------------------------------------------
 
@@ -90,15 +129,16 @@ class DiffusionGemmaModel:
         tokenizer = Tokenizer.from_folder(folder)
         device = resolve_device(config.device)
         dtype, nvfp4 = resolve_dtype(config.dtype, device)
+        plan = plan_load(
+            folder,
+            model_config,
+            dtype,
+            device,
+            nvfp4_experts=nvfp4,
+            experts_on_cpu=config.cpu_offload_unused_experts and device.type != "cpu",
+        )
         with translate_oom(f"loading {folder}"):
-            transformer = load_transformer(
-                folder,
-                model_config,
-                dtype,
-                device,
-                nvfp4_experts=nvfp4,
-                experts_on_cpu=config.cpu_offload_unused_experts and device.type != "cpu",
-            )
+            transformer = load_transformer(plan)
         if config.cpu_offload_unused_experts:
             transformer.offload_experts_to_cpu(device)
         transformer.eval()
@@ -138,72 +178,68 @@ class DiffusionGemmaModel:
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text, add_special_tokens=False))
 
-    # ---- text in, text out --------------------------------------------------------------------------
+    # ---- requests --------------------------------------------------------------------------------
 
-    def generate(
-        self,
-        prompt: str | Sequence[int],
-        max_tokens: int = 256,
-        num_diffusion_steps: int | None = None,
-        stop: Sequence[str] | None = None,
-        seed: int | None = None,
-        **sampler_knobs: Any,
-    ) -> str:
-        """Continue `prompt` (text tokenized with the tokenizer's special tokens, or ids) for up to
-        `max_tokens` tokens; the text decoded without special tokens, ending before EOS or a stop string."""
-        return "".join(
-            self.generate_stream(prompt, max_tokens, num_diffusion_steps, stop, seed, **sampler_knobs)
-        )
+    def request(
+        self, prompt: str | Sequence[int], max_tokens: int = 256, **options: Any
+    ) -> GenerationRequest:
+        """A request for `prompt` (text, tokenized with the tokenizer's special tokens, or ids).
 
-    def generate_stream(
-        self,
-        prompt: str | Sequence[int],
-        max_tokens: int = 256,
-        num_diffusion_steps: int | None = None,
-        stop: Sequence[str] | None = None,
-        seed: int | None = None,
-        should_stop: Any = None,
-        deadline: float | None = None,
-        **sampler_knobs: Any,
-    ) -> Iterator[str]:
-        """Yield the text canvas by canvas as each one is committed."""
-        ids = self._prompt_ids(prompt, add_special_tokens=True)
-        options = self._options(num_diffusion_steps, seed, should_stop, deadline, sampler_knobs)
-        yield from self._stream(ids, max_tokens, self.canvas_length, options, stop)
+        `options`: num_diffusion_steps, stop, seed, deadline, should_stop, canvas_length, and the
+        sampler knobs (`SAMPLER_KNOBS`).
+        """
+        return self._request(self._prompt_ids(prompt, add_special_tokens=True), max_tokens, options)
 
-    def chat(
-        self,
-        messages: list[dict[str, Any]],
-        max_tokens: int = 256,
-        num_diffusion_steps: int | None = None,
-        stop: Sequence[str] | None = None,
-        seed: int | None = None,
-        **sampler_knobs: Any,
-    ) -> str:
-        return "".join(
-            self.chat_stream(messages, max_tokens, num_diffusion_steps, stop, seed, **sampler_knobs)
-        )
-
-    def chat_stream(
-        self,
-        messages: list[dict[str, Any]],
-        max_tokens: int = 256,
-        num_diffusion_steps: int | None = None,
-        stop: Sequence[str] | None = None,
-        seed: int | None = None,
-        should_stop: Any = None,
-        deadline: float | None = None,
-        **sampler_knobs: Any,
-    ) -> Iterator[str]:
-        """`messages` (system, user, assistant/model turns) through the checkpoint's chat template."""
-        ids = self.chat_prompt_ids(messages)
-        options = self._options(num_diffusion_steps, seed, should_stop, deadline, sampler_knobs)
-        yield from self._stream(ids, max_tokens, self.canvas_length, options, stop)
+    def chat_request(
+        self, messages: list[dict[str, Any]], max_tokens: int = 256, **options: Any
+    ) -> GenerationRequest:
+        """A request for `messages` (system, user, assistant/model turns) through the chat template."""
+        return self._request(self.chat_prompt_ids(messages), max_tokens, options)
 
     def chat_prompt_ids(self, messages: list[dict[str, Any]]) -> list[int]:
         text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
         # The rendered template carries <bos> and turn markers already: add nothing.
         return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def fim_prompt_ids(self, request: InfillRequest) -> list[int]:
+        """The native FIM prompt of `request` (suffix and context first), as token ids."""
+        text = fim_prompt(request.prefix, request.suffix, request.snippets, request.path)
+        return self.tokenizer.encode(text, add_special_tokens=True)
+
+    # ---- text in, text out --------------------------------------------------------------------------
+
+    def generate(self, prompt: str | Sequence[int], max_tokens: int = 256, **options: Any) -> str:
+        """Continue `prompt` for up to `max_tokens` tokens; the text decoded without special tokens,
+        ending before EOS or a stop string (options: see `request`)."""
+        return self.run(self.request(prompt, max_tokens, **options)).text
+
+    def generate_stream(
+        self, prompt: str | Sequence[int], max_tokens: int = 256, **options: Any
+    ) -> GenerationStream:
+        """Yield the text canvas by canvas as each one is committed."""
+        return self.stream(self.request(prompt, max_tokens, **options))
+
+    def generate_ids(self, prompt: str | Sequence[int], max_tokens: int = 256, **options: Any) -> list[int]:
+        """Like `generate`, but the new token ids (before EOS) instead of text."""
+        return self.run(self.request(prompt, max_tokens, **options)).tokens
+
+    def chat(self, messages: list[dict[str, Any]], max_tokens: int = 256, **options: Any) -> str:
+        return self.run(self.chat_request(messages, max_tokens, **options)).text
+
+    def chat_stream(
+        self, messages: list[dict[str, Any]], max_tokens: int = 256, **options: Any
+    ) -> GenerationStream:
+        return self.stream(self.chat_request(messages, max_tokens, **options))
+
+    def generate_batch(
+        self, prompts: Sequence[Sequence[int]], max_tokens: Sequence[int], **options: Any
+    ) -> list[list[int]]:
+        """Several prompts (token ids) in one canvas batch; each row's new tokens before its end."""
+        requests = [
+            self._request(self._prompt_ids(p, add_special_tokens=False), n, options)
+            for p, n in zip(prompts, max_tokens, strict=True)
+        ]
+        return [row.tokens for row in self.run_batch(requests).rows]
 
     def infill(
         self,
@@ -227,33 +263,30 @@ class DiffusionGemmaModel:
         )
         return self.infill_request(request).text
 
-    def fim_prompt_ids(self, request: InfillRequest) -> list[int]:
-        """The native FIM prompt of `request` (suffix and context first), as token ids."""
-        text = fim_prompt(request.prefix, request.suffix, request.snippets, request.path)
-        return self.tokenizer.encode(text, add_special_tokens=True)
-
     def infill_request(self, request: InfillRequest) -> InfillResult:
         """Native FIM prompt (suffix and context first) for models with FIM tokens; otherwise a
         hole-filling chat prompt, with a surrounding code fence removed from the reply."""
         if request.max_tokens < 1:
             raise ConfigError("max_tokens must be at least 1")
-        options = self._options(
-            request.num_diffusion_steps, request.seed, request.should_stop, request.deadline, {}
-        )
+        options = {
+            "num_diffusion_steps": request.num_diffusion_steps,
+            "seed": request.seed,
+            "deadline": request.deadline,
+            "should_stop": request.should_stop,
+            "stop": request.stop,
+        }
         if self.has_fim_tokens:
             canvas = min(request.max_tokens, self.canvas_length)
-            out = "".join(self._stream(self.fim_prompt_ids(request), canvas, canvas, options, None))
+            options["canvas_length"] = canvas
+            result = self.run(self._request(self.fim_prompt_ids(request), canvas, options))
+            text = result.text
         else:
             messages = chat_infill_messages(
                 request.prefix, request.suffix, request.snippets, request.path, request.language
             )
-            out = "".join(
-                self._stream(
-                    self.chat_prompt_ids(messages), request.max_tokens, self.canvas_length, options, None
-                )
-            )
-            out = strip_code_fence(out)
-        return InfillResult(out, replace(self.last_stats))
+            result = self.run(self._request(self.chat_prompt_ids(messages), request.max_tokens, options))
+            text = strip_code_fence(result.text)
+        return InfillResult(text, result.stats, completion_tokens=result.completion_tokens)
 
     def warmup(self) -> None:
         """One short infill so weights are paged in and kernels chosen before the first user request."""
@@ -261,75 +294,80 @@ class DiffusionGemmaModel:
             "def main():\n    ", "\n", max_tokens=min(16, self.canvas_length), num_diffusion_steps=2, seed=0
         )
 
-    def generate_batch(
-        self,
-        prompts: Sequence[Sequence[int]],
-        max_tokens: Sequence[int],
-        num_diffusion_steps: int | None = None,
-        seed: int | None = None,
-        should_stop: Any = None,
-        deadline: float | None = None,
-        **sampler_knobs: Any,
-    ) -> list[list[int]]:
-        """Several prompts (token ids) in one canvas batch; returns each row's new tokens before EOS.
+    # ---- the three calls ----------------------------------------------------------------------------
+
+    def run(self, request: GenerationRequest) -> GenerationResult:
+        """One row, the whole answer."""
+        stream = self.stream(request)
+        with closing(stream):
+            for _ in stream:
+                pass
+        return stream.result
+
+    def stream(self, request: GenerationRequest) -> GenerationStream:
+        """One row, its text canvas by canvas; the prompt's KV comes from (and stays in) the prefix cache."""
+        result = GenerationResult([], "", LENGTH, GenerationStats(prompt_tokens=len(request.prompt_ids)))
+        return GenerationStream(self._row_deltas(request, result), result)
+
+    def run_batch(self, requests: Sequence[GenerationRequest]) -> BatchResult:
+        """Several rows in one canvas batch: one prompt pass, one decoder pass per step for all.
 
         Prompts of different lengths are left-padded; their positions count from their own first
-        token, so each row gets what it would get alone (up to the random draws).
+        token, so each row gets what it would get alone (up to the random draws). The rows share
+        one sampler, so they must agree on canvas length, step budget and knobs; the first row's
+        seed seeds it. The batch stops early only when every row should (cancelled or past its
+        deadline).
         """
-        options = self._options(num_diffusion_steps, seed, should_stop, deadline, sampler_knobs)
+        requests = list(requests)
+        if not requests:
+            raise ConfigError("a batch needs at least one request")
+        if len({r.sampler_key for r in requests}) > 1:
+            raise ConfigError(
+                "the rows of one batch differ in canvas length, diffusion steps or sampler knobs",
+                hint="batch only requests with the same sampler options",
+            )
+        canvas_length = requests[0].canvas_length or self.canvas_length
         with self._lock, translate_oom("generating"):
             started = time.perf_counter()
-            longest = max(len(p) for p in prompts)
-            for p, n in zip(prompts, max_tokens, strict=True):
-                self._check_context(len(p), min(n, self.canvas_length))
-            ids = torch.full((len(prompts), longest), self.pad_id, dtype=torch.long)
-            valid = torch.zeros((len(prompts), longest), dtype=torch.bool)
-            for row, p in enumerate(prompts):
-                ids[row, longest - len(p) :] = torch.tensor(list(p), dtype=torch.long)
-                valid[row, longest - len(p) :] = True
-            device = self.device
-            cache = self.transformer.new_cache()
-            with torch.inference_mode():
-                self.transformer.encode(ids.to(device), cache, valid=valid.to(device))
-            sampler = EntropyBoundSampler(
-                options.sampler, self.transformer.config.vocab_size, self._random(options)
-            )
-            outputs: list[list[int]] = [[] for _ in prompts]
-            reasons: list[str | None] = [None] * len(prompts)  # "stop" at EOS, "length" at the quota
-            stats = GenerationStats(prompt_tokens=sum(len(p) for p in prompts))
-            for outcome in generate_canvases(
-                self.transformer,
-                cache,
-                sampler,
-                list(max_tokens),
-                self.canvas_length,
-                self.eos_ids,
-                self.pad_id,
-                options.stop,
-                self.context_length,
-            ):
-                stats.canvases += 1
-                stats.steps_per_canvas.append(max(outcome.steps))
-                for row, tokens in enumerate(outcome.tokens.tolist()):
-                    if reasons[row] is not None:
-                        continue
-                    for token in tokens:
-                        if token in self.eos_ids:
-                            reasons[row] = "stop"
-                            break
-                        if len(outputs[row]) >= max_tokens[row]:
-                            break
-                        outputs[row].append(token)
-                    if reasons[row] is None and len(outputs[row]) >= max_tokens[row]:
-                        reasons[row] = "length"
-            stats.generated_tokens = sum(len(o) for o in outputs)
+            for r in requests:
+                self._check_context(len(r.prompt_ids), min(r.max_tokens, canvas_length))
+            sampler = self._sampler(requests[0])
+            cache = self._encode_batch([r.prompt_ids for r in requests])
+            readers = [self._reader(r) for r in requests]
+            stats = GenerationStats(prompt_tokens=sum(len(r.prompt_ids) for r in requests))
+            with closing(self._canvases(cache, requests, sampler, canvas_length)) as canvases:
+                for outcome in canvases:
+                    stats.canvases += 1
+                    stats.steps_per_canvas.append(max(outcome.steps))
+                    for reader, tokens in zip(readers, outcome.tokens.tolist(), strict=True):
+                        reader.add_canvas(tokens)
+                    if all(reader.finished for reader in readers):
+                        break
+            for reader in readers:
+                reader.finish()
             stats.seconds = time.perf_counter() - started
-            stats.row_finish_reasons = [reason or "length" for reason in reasons]
-            stats.finish_reason = "stop" if all(r == "stop" for r in stats.row_finish_reasons) else "length"
-            self.last_stats = stats
-            return outputs
+            rows = []
+            for request, reader in zip(requests, readers, strict=True):
+                row_stats = GenerationStats(
+                    prompt_tokens=len(request.prompt_ids),
+                    canvases=stats.canvases,
+                    steps_per_canvas=list(stats.steps_per_canvas),
+                    seconds=stats.seconds,
+                )
+                rows.append(self._read_into(GenerationResult([], "", LENGTH, row_stats), reader))
+            stats.generated_tokens = sum(len(row.tokens) for row in rows)
+            stats.row_finish_reasons = [row.finish_reason for row in rows]
+            stats.finish_reason = STOP if all(r == STOP for r in stats.row_finish_reasons) else LENGTH
+            return BatchResult(rows, stats)
 
     # ---- internals --------------------------------------------------------------------------------
+
+    def _request(self, ids: list[int], max_tokens: int, options: dict[str, Any]) -> GenerationRequest:
+        fields = {k: v for k, v in options.items() if k in REQUEST_OPTIONS}
+        knobs = {k: v for k, v in options.items() if k not in REQUEST_OPTIONS}
+        check_knobs(knobs)
+        fields["stop"] = tuple(fields.get("stop") or ())
+        return GenerationRequest(ids, max_tokens, sampler_knobs=knobs, **fields)
 
     def _prompt_ids(self, prompt: str | Sequence[int], add_special_tokens: bool) -> list[int]:
         if isinstance(prompt, str):
@@ -341,30 +379,36 @@ class DiffusionGemmaModel:
             raise ConfigError(f"prompt ids out of the vocabulary (0..{vocab - 1}): {bad[:5]}")
         return ids
 
-    def _options(
-        self,
-        steps: int | None,
-        seed: int | None,
-        should_stop: Any,
-        deadline: float | None,
-        knobs: dict[str, Any],
-    ) -> _CallOptions:
-        unknown = set(knobs) - set(SAMPLER_KNOBS)
-        if unknown:
-            raise ConfigError(
-                f"unknown sampler option(s) {sorted(unknown)}", hint=f"known: {', '.join(SAMPLER_KNOBS)}"
-            )
-        sampler = self.sampler_defaults.with_overrides(max_denoising_steps=steps, **knobs)
-        return _CallOptions(
-            sampler, seed if seed is not None else self.config.seed, StopCheck(should_stop, deadline)
+    def _sampler(self, request: GenerationRequest) -> EntropyBoundSampler:
+        check_knobs(request.sampler_knobs)  # requests may be built by hand
+        config = self.sampler_defaults.with_overrides(
+            max_denoising_steps=request.num_diffusion_steps, **request.sampler_knobs
         )
+        seed = request.seed if request.seed is not None else self.config.seed
+        return EntropyBoundSampler(config, self.transformer.config.vocab_size, self._random(seed))
 
-    def _random(self, options: _CallOptions) -> RandomSource:
+    def _random(self, seed: int | None) -> RandomSource:
         if self.config.reference_rng:
-            if options.seed is not None:
-                torch.manual_seed(options.seed)
+            if seed is not None:
+                torch.manual_seed(seed)
             return ReferenceRandom()
-        return GeneratorRandom(options.seed, device=self.device)
+        return GeneratorRandom(seed, device=self.device)
+
+    def _reader(self, request: GenerationRequest) -> RowReader:
+        return RowReader(request.max_tokens, self.tokenizer.decode, self.eos_ids, self.pad_id, request.stop)
+
+    def _read_into(self, result: GenerationResult, reader: RowReader) -> GenerationResult:
+        """Copy what `reader` has read into `result` (the figures that belong to the row included)."""
+        result.tokens, result.text = list(reader.tokens), reader.text
+        result.finish_reason = reader.finish_reason or LENGTH
+        result.stats.generated_tokens = len(reader.tokens)
+        result.stats.finish_reason = result.finish_reason
+        if reader.finished:
+            # A stop string may end inside a token: count the tokens of the text itself.
+            result.completion_tokens = (
+                self.count_tokens(reader.text) if reader.cut_by_stop_string else len(reader.tokens)
+            )
+        return result
 
     def _check_context(self, prompt_tokens: int, new_tokens: int) -> None:
         if prompt_tokens == 0:
@@ -376,133 +420,73 @@ class DiffusionGemmaModel:
                 hint="shorten the prompt or ask for fewer tokens",
             )
 
-    def _encode_prompt(self, ids: list[int]) -> tuple[KVCache, int]:
-        """A cache holding `ids`, reusing the longest common prefix of the previous prompt's cache."""
+    def _encode(self, ids: list[int], cache: KVCache) -> None:
+        """Append `ids` (one row) to `cache`."""
         model = self.transformer
-        cache = self._prompt_cache if self.config.reuse_prompt_cache else None
-        reused = 0
-        if cache is not None and cache.length and cache.batch_size == 1:
-            previous = cache.token_ids[0].tolist()
-            common = 0
-            for a, b in zip(previous, ids, strict=False):
-                if a != b:
-                    break
-                common += 1
-            if common and cache.can_crop(common):
-                cache.crop(common)
-                reused = common
-            else:
-                cache.reset()
-        else:
-            cache = model.new_cache()
-        rest = ids[reused:]
-        if rest:
-            with torch.inference_mode():
-                model.encode(torch.tensor([rest], dtype=torch.long, device=model.device), cache)
-        self._prompt_cache = cache if self.config.reuse_prompt_cache else None
-        return cache, reused
+        with torch.inference_mode():
+            model.encode(torch.tensor([ids], dtype=torch.long, device=model.device), cache)
 
-    def _token_stream(
-        self, ids: list[int], max_tokens: int, canvas_length: int, options: _CallOptions
-    ) -> Iterator[tuple[list[int], bool]]:
-        """Yield (this canvas's tokens before EOS, whether EOS was reached) canvas by canvas."""
-        if max_tokens < 1:
+    def _encode_batch(self, prompts: list[list[int]]) -> KVCache:
+        """A fresh cache holding every prompt, left-padded to the longest."""
+        longest = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), longest), self.pad_id, dtype=torch.long)
+        valid = torch.zeros((len(prompts), longest), dtype=torch.bool)
+        for row, p in enumerate(prompts):
+            ids[row, longest - len(p) :] = torch.tensor(list(p), dtype=torch.long)
+            valid[row, longest - len(p) :] = True
+        cache = self.transformer.new_cache()
+        with torch.inference_mode():
+            self.transformer.encode(ids.to(self.device), cache, valid=valid.to(self.device))
+        return cache
+
+    def _canvases(
+        self,
+        cache: KVCache,
+        requests: list[GenerationRequest],
+        sampler: EntropyBoundSampler,
+        canvas_length: int,
+    ) -> Iterator[CanvasOutcome]:
+        """The canvas loop over `requests`' rows, whose prompts `cache` holds."""
+        return generate_canvases(
+            self.transformer,
+            cache,
+            sampler,
+            [r.max_tokens for r in requests],
+            canvas_length=canvas_length,
+            eos_ids=self.eos_ids,
+            pad_id=self.pad_id,
+            stop=StopCheck([(r.should_stop, r.deadline) for r in requests]),
+            context_length=self.context_length,
+        )
+
+    def _row_deltas(self, request: GenerationRequest, result: GenerationResult) -> Iterator[str]:
+        if request.max_tokens < 1:
             raise ConfigError("max_tokens must be at least 1")
+        ids = request.prompt_ids
+        canvas_length = request.canvas_length or self.canvas_length
+        stats = result.stats
+        reader = self._reader(request)
         with self._lock, translate_oom("generating"):
             started = time.perf_counter()
-            self._check_context(len(ids), min(max_tokens, canvas_length))
-            cache, reused = self._encode_prompt(ids)
-            prompt_length = cache.length
-            stats = GenerationStats(prompt_tokens=len(ids), cached_prompt_tokens=reused)
-            self.last_stats = stats
-            sampler = EntropyBoundSampler(
-                options.sampler, self.transformer.config.vocab_size, self._random(options)
-            )
             try:
-                for outcome in generate_canvases(
-                    self.transformer,
-                    cache,
-                    sampler,
-                    [max_tokens],
-                    canvas_length,
-                    self.eos_ids,
-                    self.pad_id,
-                    options.stop,
-                    self.context_length,
-                ):
-                    stats.canvases += 1
-                    stats.steps_per_canvas.append(outcome.steps[0])
-                    new: list[int] = []
-                    eos = False
-                    for token in outcome.tokens[0].tolist():
-                        if token in self.eos_ids:
-                            eos = True
-                            break
-                        new.append(token)
-                    new = new[: max_tokens - stats.generated_tokens]
-                    stats.generated_tokens += len(new)
-                    stats.seconds = time.perf_counter() - started
-                    if eos:
-                        stats.finish_reason = "stop"
-                    yield new, eos
-                    if eos:
-                        break
+                self._check_context(len(ids), min(request.max_tokens, canvas_length))
+                sampler = self._sampler(request)  # bad options fail before any encoding
+                with self.prefix_cache.holding(ids) as (cache, reused):
+                    stats.cached_prompt_tokens = reused
+                    with closing(self._canvases(cache, [request], sampler, canvas_length)) as canvases:
+                        for outcome in canvases:
+                            stats.canvases += 1
+                            stats.steps_per_canvas.append(outcome.steps[0])
+                            delta = reader.add_canvas(outcome.tokens[0].tolist())
+                            self._read_into(result, reader)
+                            stats.seconds = time.perf_counter() - started
+                            if delta:
+                                yield delta
+                            if reader.finished:
+                                break
+                    delta = reader.finish()
+                    self._read_into(result, reader)
+                    if delta:
+                        yield delta
             finally:
                 stats.seconds = time.perf_counter() - started
-                if cache is self._prompt_cache and cache.length != prompt_length:
-                    if cache.can_crop(prompt_length):
-                        cache.crop(prompt_length)
-                    else:
-                        cache.reset()
-
-    def _stream(
-        self,
-        ids: list[int],
-        max_tokens: int,
-        canvas_length: int,
-        options: _CallOptions,
-        stop: Sequence[str] | None,
-    ) -> Iterator[str]:
-        """Text deltas canvas by canvas, cut at the first stop string."""
-        tokens: list[int] = []
-        emitted = ""
-        canvases = self._token_stream(ids, max_tokens, canvas_length, options)
-        try:
-            for new, eos in canvases:
-                tokens.extend(new)
-                text = self.tokenizer.decode(tokens)
-                cut = first_stop(text, stop)
-                if cut is not None:
-                    text = text[:cut]
-                    self.last_stats.finish_reason = "stop"
-                elif not eos and text.endswith("\ufffd"):
-                    text = text.rstrip("\ufffd")  # an incomplete UTF-8 sequence: wait for the next canvas
-                if text.startswith(emitted) and len(text) > len(emitted):
-                    yield text[len(emitted) :]
-                    emitted = text
-                if cut is not None:
-                    break
-        finally:
-            canvases.close()
-
-    def generate_ids(
-        self,
-        prompt: str | Sequence[int],
-        max_tokens: int = 256,
-        num_diffusion_steps: int | None = None,
-        seed: int | None = None,
-        canvas_length: int | None = None,
-        **sampler_knobs: Any,
-    ) -> list[int]:
-        """Like `generate`, but the new token ids (before EOS) instead of text."""
-        ids = self._prompt_ids(prompt, add_special_tokens=True)
-        options = self._options(num_diffusion_steps, seed, None, None, sampler_knobs)
-        length = canvas_length or self.canvas_length
-        return [t for new, _ in self._token_stream(ids, max_tokens, length, options) for t in new]
-
-
-def first_stop(text: str, stop: Sequence[str] | None) -> int | None:
-    if not stop:
-        return None
-    hits = [text.find(s) for s in stop if s and s in text]
-    return min(hits) if hits else None

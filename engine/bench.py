@@ -88,15 +88,15 @@ def write_checkpoint_with_transformers(text: TextConfig, canvas: int, folder: Pa
 
 
 def time_ours(model, prompt: list[int], tokens: int, steps: int, repeats: int, warm: bool) -> list[float]:
-    model.config.reuse_prompt_cache = warm
-    model._prompt_cache = None
+    model.prefix_cache.enabled = warm
+    model.prefix_cache.clear()
     model.generate_ids(
         prompt, max_tokens=tokens, num_diffusion_steps=steps, confidence_threshold=1e-9
     )  # warm-up
     times = []
     for _ in range(repeats):
         if not warm:
-            model._prompt_cache = None
+            model.prefix_cache.clear()
         start = time.perf_counter()
         model.generate_ids(prompt, max_tokens=tokens, num_diffusion_steps=steps, confidence_threshold=1e-9)
         times.append(time.perf_counter() - start)
@@ -242,7 +242,9 @@ def run_real_shapes(args: argparse.Namespace) -> int:
         )
         sync()
         start = time.perf_counter()
-        for _ in generate_canvases(model, cache, sampler, [canvas], canvas, [1], 0, StopCheck()):
+        for _ in generate_canvases(
+            model, cache, sampler, [canvas], canvas_length=canvas, eos_ids=[1], pad_id=0, stop=StopCheck()
+        ):
             pass
         sync()
         denoise = time.perf_counter() - start

@@ -7,17 +7,23 @@ the decoder's retention), so they are trimmed once they hold far more than that 
 slack so prompts that change near their end can still crop back); `offset` counts the entries
 dropped from their front.
 
-Two storage modes:
-- **inference** (no autograd): each layer owns a buffer with spare room. The encoder writes new
-  keys in place after the valid ones; the decoder writes the canvas keys into the same spare
-  room as scratch without advancing the length, so a denoising step copies nothing but the
-  canvas. Cropping back to a shorter prompt only moves the length.
-- **training** (`training=True`): every append is a `torch.cat`, so gradients flow through
-  the cache into the encoder; nothing is overwritten in place.
+Each layer owns a buffer with spare room. The encoder writes new keys in place after the valid
+ones; the decoder writes the canvas keys into the same spare room as scratch without advancing
+the length, so a denoising step copies nothing but the canvas. Cropping back to a shorter prompt
+only moves the length. `extend` is the one update path for both.
+
+`TrainingKVCache` (engine/training) keeps exactly the valid keys and appends by `torch.cat`, so
+gradients flow through the cache into the encoder; nothing is overwritten in place.
+
+`PrefixCache` owns reuse across calls: it keeps the last prompt's cache and hands out a cache
+holding the next prompt, encoding only what follows their longest common token prefix (editors
+resend nearly the same prompt at every keystroke).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -27,7 +33,6 @@ import torch
 class KVCache:
     sliding: list[bool]
     keep_sliding: int | None = None  # None: never trim (training, or tests that crop anywhere)
-    training: bool = False  # autograd through the cache: appends are concatenations
     # Per layer: storage [B, Hkv, capacity, D] (inference) or exactly the valid keys (training).
     keys: list[torch.Tensor | None] = field(default_factory=list)
     values: list[torch.Tensor | None] = field(default_factory=list)
@@ -79,17 +84,7 @@ class KVCache:
         uses them for this pass only.
         """
         stored_key, stored_value, length = self.keys[layer], self.values[layer], self.lengths[layer]
-        tokens = key.shape[2]
-        if self.training:
-            if stored_key is None:
-                keys, values = key, value
-            else:
-                keys = torch.cat([stored_key[:, :, :length], key], dim=2)
-                values = torch.cat([stored_value[:, :, :length], value], dim=2)
-            if commit:
-                self.keys[layer], self.values[layer], self.lengths[layer] = keys, values, length + tokens
-            return keys, values
-        needed = length + tokens
+        needed = length + key.shape[2]
         if stored_key is None or stored_key.shape[2] < needed:
             stored_key, stored_value = self._grow(layer, key, value, needed)
         stored_key[:, :, length:needed] = key
@@ -184,3 +179,97 @@ class KVCache:
 
     def nbytes(self) -> int:
         return sum(k.numel() * k.element_size() * 2 for k in self.keys if k is not None)
+
+
+@dataclass
+class TrainingKVCache(KVCache):
+    """The cache training writes with autograd on: every append is a concatenation, never in place."""
+
+    def extend(
+        self, layer: int, key: torch.Tensor, value: torch.Tensor, commit: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        stored_key, stored_value = self.keys[layer], self.values[layer]
+        if stored_key is None or stored_value is None:
+            keys, values = key, value
+        else:
+            keys = torch.cat([stored_key, key], dim=2)
+            values = torch.cat([stored_value, value], dim=2)
+        if commit:
+            self.keys[layer], self.values[layer] = keys, values
+            self.lengths[layer] = keys.shape[2]
+        return keys, values
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """Length of the longest common prefix of two token lists."""
+    common = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        common += 1
+    return common
+
+
+class PrefixCache:
+    """The previous prompt's KV, reused for the longest common token prefix of the next prompt.
+
+    `new_cache` makes an empty cache; `encode(ids, cache)` appends tokens to one. With `enabled`
+    False every call gets a fresh cache and nothing is kept.
+    """
+
+    def __init__(
+        self,
+        new_cache: Callable[[], KVCache],
+        encode: Callable[[list[int], KVCache], None],
+        enabled: bool = True,
+    ):
+        self.new_cache = new_cache
+        self.encode = encode
+        self.enabled = enabled
+        self.cache: KVCache | None = None
+        self._held = False  # a generation is using `cache` (a stream suspended between canvases)
+
+    def clear(self) -> None:
+        """Forget the kept prompt: the next call encodes its whole prompt."""
+        self.cache = None
+
+    def prepare(self, ids: list[int]) -> tuple[KVCache, int]:
+        """A cache holding exactly `ids`, and how many of them came from the previous prompt."""
+        cache, reused = self.cache if self.enabled else None, 0
+        if cache is not None and cache.length and cache.batch_size == 1 and cache.token_ids is not None:
+            common = common_prefix(cache.token_ids[0].tolist(), ids)
+            if common and cache.can_crop(common):
+                cache.crop(common)
+                reused = common
+            else:
+                cache.reset()
+        else:
+            cache = self.new_cache()
+        if len(ids) > reused:
+            self.encode(ids[reused:], cache)
+        self.cache = cache if self.enabled else None
+        return cache, reused
+
+    @contextmanager
+    def holding(self, ids: list[int]) -> Iterator[tuple[KVCache, int]]:
+        """`prepare(ids)`; afterwards the cache is cut back to the prompt (generation commits canvases
+        into it, and the next prompt must not see them)."""
+        if self._held:
+            # Another call holds the kept cache (a suspended stream on this thread): this one gets
+            # its own, so neither sees the other's canvases.
+            cache = self.new_cache()
+            self.encode(ids, cache)
+            yield cache, 0
+            return
+        cache, reused = self.prepare(ids)
+        prompt_length = cache.length
+        self._held = True
+        try:
+            yield cache, reused
+        finally:
+            self._held = False
+            if cache is self.cache and cache.length != prompt_length:
+                if cache.can_crop(prompt_length):
+                    cache.crop(prompt_length)
+                else:
+                    cache.reset()

@@ -9,20 +9,25 @@ hint, never as a traceback.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
+from dgemma_lsp import bench as lsp_bench
+from dgemma_lsp import suggest
+from engine import bench, commands
 from engine.errors import EngineError
+from engine.evaluation import commands as evaluation_commands
+from engine.server import commands as server_commands
+from engine.training import commands as training_commands
 
 # Modules with a `register(subparsers)` function, in the order `dgemma --help` lists them.
 SUBCOMMAND_MODULES = [
-    "engine.commands",
-    "engine.bench",
-    "engine.training.commands",
-    "engine.evaluation.commands",
-    "engine.server.commands",
-    "dgemma_lsp.suggest",
-    "dgemma_lsp.bench",
+    commands,
+    bench,
+    training_commands,
+    evaluation_commands,
+    server_commands,
+    suggest,
+    lsp_bench,
 ]
 
 
@@ -32,8 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="DiffusionGemma engine: generate, infill, serve, train and evaluate.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in SUBCOMMAND_MODULES:
-        importlib.import_module(name).register(subparsers)
+    for module in SUBCOMMAND_MODULES:
+        module.register(subparsers)
     return parser
 
 

@@ -11,6 +11,7 @@ import sys
 
 from engine.config import DTYPES, DiffusionConfig
 from engine.memory_plan import add_doctor_options, doctor_plan
+from engine.requests import GenerationStats, InfillRequest
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -45,8 +46,7 @@ def load_model(args: argparse.Namespace):
     return DiffusionGemmaModel.from_pretrained(args.model, config=diffusion_config(args))
 
 
-def print_stats(model, stream=sys.stderr) -> None:
-    s = model.last_stats
+def print_stats(s: GenerationStats, stream=sys.stderr) -> None:
     print(
         f"[{s.generated_tokens} tokens, {s.canvases} canvas(es), steps per canvas {s.steps_per_canvas}, "
         f"{s.seconds * 1000:.0f} ms, {s.tokens_per_second:.1f} tok/s, prompt {s.prompt_tokens} tokens "
@@ -69,7 +69,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         sys.stdout.flush()
     sys.stdout.write("\n")
     if not args.quiet:
-        print_stats(model)
+        print_stats(chunks.result.stats)
     return 0
 
 
@@ -79,9 +79,11 @@ def _unescape(text: str) -> str:
 
 def cmd_infill(args: argparse.Namespace) -> int:
     model = load_model(args)
-    print(model.infill(_unescape(args.prefix), _unescape(args.suffix), max_tokens=args.max_tokens))
+    request = InfillRequest(_unescape(args.prefix), _unescape(args.suffix), max_tokens=args.max_tokens)
+    result = model.infill_request(request)
+    print(result.text)
     if not args.quiet:
-        print_stats(model)
+        print_stats(result.stats)
     return 0
 
 

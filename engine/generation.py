@@ -5,16 +5,17 @@ outer loop: it yields every finished canvas (post-EOS positions set to pad, as t
 and commits it into the cache when another canvas follows. Rows of a batch that converge early
 are frozen, rows that reached EOS or their token quota stop counting steps.
 
-Between denoising steps the loop calls `should_stop()`; a True return raises
-`GenerationCancelled` (or `DeadlineExceeded` when the deadline passed), so a cancelled request
-costs at most one more decoder pass.
+Between denoising steps the loop polls a `StopCheck` (each row's `should_stop` and deadline);
+when every row should stop it raises `GenerationCancelled` (or `DeadlineExceeded` when all the
+deadlines passed), so a cancelled request costs at most one more decoder pass. How a row's
+canvases become text and a finish reason is `engine.rows`'s business, not this loop's.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -34,17 +35,30 @@ class CanvasOutcome:
 
 
 class StopCheck:
-    """Polled between denoising steps: cancellation callback and deadline in one place."""
+    """Polled between denoising steps: the cancellation callbacks and deadlines of a call's rows.
 
-    def __init__(self, should_stop: Callable[[], bool] | None = None, deadline: float | None = None):
-        self.should_stop = should_stop
-        self.deadline = deadline
+    A call stops only when every one of its rows should (a batch serves the others otherwise):
+    with `DeadlineExceeded` when all of them ran out of time, `GenerationCancelled` when at least
+    one was cancelled.
+    """
+
+    def __init__(self, rows: Sequence[tuple[Callable[[], bool] | None, float | None]] = ()):
+        self.rows = list(rows)
+
+    @classmethod
+    def single(cls, should_stop: Callable[[], bool] | None, deadline: float | None) -> StopCheck:
+        return cls([(should_stop, deadline)])
 
     def check(self) -> None:
-        if self.should_stop is not None and self.should_stop():
-            raise GenerationCancelled()
-        if self.deadline is not None and time.monotonic() > self.deadline:
-            raise DeadlineExceeded()
+        if not self.rows:
+            return
+        now, cancelled = time.monotonic(), False
+        for should_stop, deadline in self.rows:
+            if should_stop is not None and should_stop():
+                cancelled = True
+            elif deadline is None or now <= deadline:
+                return  # this row goes on, so the call does
+        raise GenerationCancelled() if cancelled else DeadlineExceeded()
 
 
 @torch.inference_mode()
@@ -115,6 +129,7 @@ def generate_canvases(
     cache: KVCache,
     sampler: EntropyBoundSampler,
     max_new_tokens: list[int],
+    *,
     canvas_length: int,
     eos_ids: list[int],
     pad_id: int,

@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -143,9 +145,9 @@ def read_generation_config(folder: Path) -> tuple[dict[str, Any], list[int] | No
             f"{path} is not valid JSON ({error})", hint="download the checkpoint again"
         ) from None
     overrides: dict[str, Any] = {}
-    for field in ("max_denoising_steps", "t_min", "t_max", "stability_threshold", "confidence_threshold"):
-        if data.get(field) is not None:
-            overrides[field] = data[field]
+    for knob in ("max_denoising_steps", "t_min", "t_max", "stability_threshold", "confidence_threshold"):
+        if data.get(knob) is not None:
+            overrides[knob] = data[knob]
     sampler = data.get("sampler_config") or {}
     if isinstance(sampler, dict) and sampler.get("entropy_bound") is not None:
         overrides["entropy_bound"] = float(sampler["entropy_bound"])
@@ -225,23 +227,46 @@ def _open(path: Path):
 
 
 def estimated_bytes(config: ModelConfig, dtype: torch.dtype, nvfp4_experts: bool) -> int:
-    t = config.text
-    expert_params = t.num_hidden_layers * t.num_experts * 3 * t.hidden_size * t.moe_intermediate_size
-    other = config.parameter_count() - expert_params
+    other = config.parameter_count() - expert_parameters(config)
     element = torch.tensor([], dtype=dtype).element_size()
-    experts = expert_params * (0.5 + 1 / 16) if nvfp4_experts else expert_params * element
+    experts = expert_parameters(config) * (NVFP4_BYTES_PER_WEIGHT if nvfp4_experts else element)
     return int(other * element + experts)
 
 
-def load_transformer(
+def expert_parameters(config: ModelConfig) -> int:
+    t = config.text
+    return t.num_hidden_layers * t.num_experts * 3 * t.hidden_size * t.moe_intermediate_size
+
+
+# NVFP4: 4 bits per weight plus one FP8 scale per block of 16 weights.
+NVFP4_BYTES_PER_WEIGHT = 0.5 + 1 / 16
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    """What loading will do, decided before any tensor is read (2.4, 6.1)."""
+
+    folder: Path
+    config: ModelConfig
+    files: list[Path]
+    dtype: torch.dtype
+    device: torch.device
+    stored_nvfp4: bool  # the checkpoint holds ModelOpt NVFP4 experts
+    keep_quantized: bool  # experts stay NVFP4 in memory (dequantised per call)
+    experts_on_cpu: bool  # experts live in CPU memory; each call copies the routed ones over
+    expert_device: torch.device
+    device_bytes: int  # what the device must hold
+
+
+def plan_load(
     folder: Path,
     config: ModelConfig,
     dtype: torch.dtype,
     device: torch.device,
     nvfp4_experts: bool,
     experts_on_cpu: bool = False,
-) -> DiffusionGemmaTransformer:
-    """Build the model and fill it from the folder's safetensors (2.4 loader rules)."""
+) -> LoadPlan:
+    """Find the weights, validate the checkpoint's quantisation against the request, size the memory."""
     files = weight_files(folder)
     checkpoint_quant = quantization_algorithm(folder, config)
     if checkpoint_quant not in (None, "NVFP4"):
@@ -258,41 +283,57 @@ def load_transformer(
             hint="use dtype='bfloat16' or 'float32' for this model",
         )
     keep_quantized = nvfp4_experts or (stored_nvfp4 and experts_on_cpu)
-    expert_device = torch.device("cpu") if experts_on_cpu else device
-    required = estimated_bytes(config, dtype, keep_quantized)
-    if experts_on_cpu:
-        t = config.text
-        expert_params = t.num_hidden_layers * t.num_experts * 3 * t.hidden_size * t.moe_intermediate_size
-        required -= int(expert_params * (0.5625 if keep_quantized else dtype.itemsize))
-    check_memory(required, device, f"loading {folder.name}")
+    device_bytes = estimated_bytes(config, dtype, keep_quantized)
+    if experts_on_cpu:  # the experts live in CPU memory instead
+        per_weight = NVFP4_BYTES_PER_WEIGHT if keep_quantized else dtype.itemsize
+        device_bytes -= int(expert_parameters(config) * per_weight)
+    return LoadPlan(
+        folder=folder,
+        config=config,
+        files=files,
+        dtype=dtype,
+        device=device,
+        stored_nvfp4=stored_nvfp4,
+        keep_quantized=keep_quantized,
+        experts_on_cpu=experts_on_cpu,
+        expert_device=torch.device("cpu") if experts_on_cpu else device,
+        device_bytes=device_bytes,
+    )
 
+
+def build_empty_model(plan: LoadPlan) -> DiffusionGemmaTransformer:
+    """The model built on the meta device, then given uninitialised storage (weights come next).
+
+    Experts that stay quantised get no dense storage at all; experts kept on the CPU get theirs there.
+    """
+    dtype, device = plan.dtype, plan.device
     with torch.device("meta"):
-        model = DiffusionGemmaTransformer(config.text).to(dtype)
-    # Experts that are quantised or kept on the CPU are not allocated on the device.
+        model = DiffusionGemmaTransformer(plan.config.text).to(dtype)
     expert_shapes = [
         (layer.experts.gate_up_proj.shape, layer.experts.down_proj.shape) for layer in model.layers
     ]
-    if keep_quantized or experts_on_cpu:
+    if plan.keep_quantized or plan.experts_on_cpu:
         for layer in model.layers:
             layer.experts.gate_up_proj = nn.Parameter(torch.empty(0, dtype=dtype), requires_grad=False)
             layer.experts.down_proj = nn.Parameter(torch.empty(0, dtype=dtype), requires_grad=False)
     model = model.to_empty(device=device)
-    if experts_on_cpu and not keep_quantized:
+    if plan.experts_on_cpu and not plan.keep_quantized:
         for layer, (gate_up_shape, down_shape) in zip(model.layers, expert_shapes, strict=True):
             layer.experts.gate_up_proj = nn.Parameter(
-                torch.empty(gate_up_shape, dtype=dtype), requires_grad=False
+                torch.empty(gate_up_shape, dtype=dtype, device=plan.expert_device), requires_grad=False
             )
-            layer.experts.down_proj = nn.Parameter(torch.empty(down_shape, dtype=dtype), requires_grad=False)
+            layer.experts.down_proj = nn.Parameter(
+                torch.empty(down_shape, dtype=dtype, device=plan.expert_device), requires_grad=False
+            )
     model.reset_buffers()
     model.requires_grad_(False)
+    return model
 
-    params = dict(model.named_parameters())
-    expected = set(params) - ({n for n in params if ".experts." in n} if keep_quantized else set())
-    loaded: set[str] = set()
-    quantized_parts: dict[tuple[int, int, str], dict[str, torch.Tensor]] = {}
+
+def checkpoint_tensors(files: list[Path]) -> Iterator[tuple[Path, str, str, torch.Tensor]]:
+    """(file, checkpoint key, our name, tensor) for every text-model tensor of the checkpoint."""
     for path in files:
-        handle = _open(path)
-        with handle:
+        with _open(path) as handle:
             for key in handle.keys():  # noqa: SIM118 (safe_open handles are not dicts)
                 name = local_name(key)
                 if name is None:
@@ -304,49 +345,85 @@ def load_transformer(
                         f"{path.name}: tensor {key} cannot be read ({error})",
                         hint="the file is corrupt or truncated: download the checkpoint again",
                     ) from None
-                match = _EXPERT_KEY.match(name)
-                if match:
-                    layer, expert, proj, part = int(match[1]), int(match[2]), match[3], match[4]
-                    quantized_parts.setdefault((layer, expert, proj), {})[part] = tensor
-                    continue
-                if name not in params:
-                    raise CheckpointError(
-                        f"{path.name} has tensor {key}, which a DiffusionGemma model with this config.json lacks",
-                        hint="config.json and the weights disagree: they come from different checkpoints",
-                    )
-                if keep_quantized and ".experts." in name:
-                    _quantize_stacked(model, name, tensor, dtype, expert_device)
-                    loaded.add(name)
-                    continue
-                param = params[name]
-                if tuple(tensor.shape) != tuple(param.shape):
-                    raise CheckpointError(
-                        f"tensor {key} has shape {list(tensor.shape)} but config.json implies {list(param.shape)}",
-                        hint="config.json and the weights disagree: they come from different checkpoints",
-                    )
-                param.data.copy_(tensor.to(param.dtype))
-                loaded.add(name)
-    if quantized_parts:
-        _install_nvfp4_experts(model, quantized_parts, dtype, expert_device, keep_quantized, loaded)
-    if keep_quantized:
+                yield path, key, name, tensor
+
+
+@dataclass
+class ReadWeights:
+    """What `read_weights` filled in, and the per-expert NVFP4 parts still to be installed."""
+
+    loaded: set[str] = field(default_factory=set)
+    nvfp4_parts: dict[tuple[int, int, str], dict[str, torch.Tensor]] = field(default_factory=dict)
+
+
+def read_weights(model: DiffusionGemmaTransformer, plan: LoadPlan) -> ReadWeights:
+    """Copy every checkpoint tensor into its parameter (checking names and shapes), quantising
+    stacked experts where the plan keeps them NVFP4 and collecting ModelOpt's per-expert parts."""
+    params = dict(model.named_parameters())
+    read = ReadWeights()
+    for path, key, name, tensor in checkpoint_tensors(plan.files):
+        match = _EXPERT_KEY.match(name)
+        if match:
+            layer, expert, proj, part = int(match[1]), int(match[2]), match[3], match[4]
+            read.nvfp4_parts.setdefault((layer, expert, proj), {})[part] = tensor
+            continue
+        if name not in params:
+            raise CheckpointError(
+                f"{path.name} has tensor {key}, which a DiffusionGemma model with this config.json lacks",
+                hint="config.json and the weights disagree: they come from different checkpoints",
+            )
+        if plan.keep_quantized and ".experts." in name:
+            _quantize_stacked(model, name, tensor, plan.dtype, plan.expert_device)
+        else:
+            param = params[name]
+            if tuple(tensor.shape) != tuple(param.shape):
+                raise CheckpointError(
+                    f"tensor {key} has shape {list(tensor.shape)} but config.json implies {list(param.shape)}",
+                    hint="config.json and the weights disagree: they come from different checkpoints",
+                )
+            param.data.copy_(tensor.to(param.dtype))
+        read.loaded.add(name)
+    return read
+
+
+def finish_loading(model: DiffusionGemmaTransformer, plan: LoadPlan, read: ReadWeights) -> None:
+    """The fix-ups after reading: NVFP4 experts installed, encoder scalars filled in where a repack
+    lacks them, and every expected tensor accounted for."""
+    if read.nvfp4_parts:
+        _install_nvfp4_experts(
+            model, read.nvfp4_parts, plan.dtype, plan.expert_device, plan.keep_quantized, read.loaded
+        )
+    if plan.keep_quantized:
         for layer_index, layer in enumerate(model.layers):
             if layer.experts.quantized is None:
                 raise CheckpointError(
                     f"layer {layer_index} has no expert weights", hint="the checkpoint is incomplete"
                 )
+    params = {name for name, _ in model.named_parameters()}
+    expected = params - ({n for n in params if ".experts." in n} if plan.keep_quantized else set())
     encoder_scalars = {n for n in expected if n.endswith("encoder_layer_scalar")}
-    if encoder_scalars and not (encoder_scalars & loaded):
+    if encoder_scalars and not (encoder_scalars & read.loaded):
         # Some repacks store one scalar per layer; the released checkpoint's two copies are equal (2.4.2).
         log.warning("checkpoint has no encoder layer scalars; using the decoder's")
         for layer in model.layers:
             layer.encoder_layer_scalar.data.copy_(layer.layer_scalar.data)
-        loaded |= encoder_scalars
-    missing = sorted(expected - loaded)
+        read.loaded |= encoder_scalars
+    missing = sorted(expected - read.loaded)
     if missing:
         raise CheckpointError(
-            f"{folder} lacks {len(missing)} tensor(s), e.g. {', '.join(checkpoint_name(n) for n in missing[:3])}",
+            f"{plan.folder} lacks {len(missing)} tensor(s), e.g. {', '.join(checkpoint_name(n) for n in missing[:3])}",
             hint="the checkpoint is incomplete or is not a DiffusionGemma text model",
         )
+
+
+def load_transformer(plan: LoadPlan) -> DiffusionGemmaTransformer:
+    """Build the model and fill it from the folder's safetensors (2.4 loader rules), in steps:
+    the plan (found, validated, sized: `plan_load`), the memory check, the model on the meta device,
+    the tensors read, the fix-ups."""
+    check_memory(plan.device_bytes, plan.device, f"loading {plan.folder.name}")
+    model = build_empty_model(plan)
+    read = read_weights(model, plan)
+    finish_loading(model, plan, read)
     return model
 
 

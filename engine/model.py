@@ -10,7 +10,7 @@ Module and parameter names mirror the checkpoint's `model.decoder.*` keys so loa
 the decoder's as `layers.N.encoder_layer_scalar`.
 
 Training (engine/training) uses the same two entry points with gradients on: `encode` into a
-fresh `KVCache(keep_sliding=None)`, then `denoise` a corrupted canvas against it.
+fresh `TrainingKVCache` (`new_training_cache()`), then `denoise` a corrupted canvas against it.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.cache import KVCache
+from engine.cache import KVCache, TrainingKVCache
 from engine.config import SLIDING, TextConfig
 from kernels.attention import attention
 from kernels.moe import moe_grouped
@@ -153,29 +153,13 @@ class Attention(nn.Module):
         h: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        past_key: torch.Tensor | None,
-        past_value: torch.Tensor | None,
-        mask: torch.Tensor | None,
-        is_causal: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Tensors in, tensors out (training, where the cache is concatenated): output and own K/V."""
-        q, k, v = self.project(h, cos, sin)
-        keys = k if past_key is None else torch.cat([past_key, k], dim=2)
-        values = v if past_value is None else torch.cat([past_value, v], dim=2)
-        return self.attend(q, keys, values, mask, is_causal), k, v
-
-    def forward_cached(
-        self,
-        h: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
         cache: KVCache,
         layer: int,
         mask: torch.Tensor | None,
         is_causal: bool,
         commit: bool,
     ) -> torch.Tensor:
-        """Inference: K/V written into the cache's spare room, committed (encoder) or not (decoder)."""
+        """This pass's K/V go through the cache, committed (encoder) or not (decoder) (3.3 step 4)."""
         q, k, v = self.project(h, cos, sin)
         keys, values = cache.extend(layer, k, v, commit)
         return self.attend(q, keys, values, mask, is_causal)
@@ -302,14 +286,7 @@ class Layer(nn.Module):
         encoder: bool,
     ) -> torch.Tensor:
         """One layer; the encoder commits this pass's K/V to `cache`, the decoder only reads it."""
-        h = self.input_layernorm(x)
-        if cache.training:
-            past_key, past_value = cache.layer_kv(index)
-            attn, key, value = self.self_attn(h, cos, sin, past_key, past_value, mask, is_causal)
-            if encoder:
-                cache.extend(index, key, value, commit=True)
-        else:
-            attn = self.self_attn.forward_cached(h, cos, sin, cache, index, mask, is_causal, commit=encoder)
+        attn = self.self_attn(self.input_layernorm(x), cos, sin, cache, index, mask, is_causal, encoder)
         x = x + self.post_attention_layernorm(attn)
         dense = self.post_feedforward_layernorm_1(self.mlp(self.pre_feedforward_layernorm(x)))
         flat = x.reshape(-1, x.shape[-1])
@@ -396,10 +373,17 @@ class DiffusionGemmaTransformer(nn.Module):
     def device(self) -> torch.device:
         return self.embed_tokens.weight.device
 
-    def new_cache(self, training: bool = False) -> KVCache:
-        keep = None if training else max(self.config.sliding_window - 1, self.sliding_window_retention)
-        sliding = [self.config.is_sliding(i) for i in range(len(self.layers))]
-        return KVCache(sliding=sliding, keep_sliding=keep, training=training)
+    def new_cache(self) -> KVCache:
+        """An empty inference cache; sliding layers keep what the encoder and decoder can still see."""
+        keep = max(self.config.sliding_window - 1, self.sliding_window_retention)
+        return KVCache(sliding=self._sliding_layers(), keep_sliding=keep)
+
+    def new_training_cache(self) -> TrainingKVCache:
+        """An empty cache that gradients flow through (never trimmed, appended by concatenation)."""
+        return TrainingKVCache(sliding=self._sliding_layers())
+
+    def _sliding_layers(self) -> list[bool]:
+        return [self.config.is_sliding(i) for i in range(len(self.layers))]
 
     def set_attention_slicing(self, slice_size: int | None) -> None:
         for layer in self.layers:

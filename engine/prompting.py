@@ -69,11 +69,20 @@ def chat_infill_messages(
     ]
 
 
-# A reply of the hole-filling chat prompt wrapped in a Markdown code fence.
-_FENCE = re.compile(r"^\s*```[\w+-]*\n(.*?)\n?```\s*$", re.DOTALL)
+# The opening fence of a reply wrapped in Markdown: optional blank space, ``` and a language tag.
+_OPENING_FENCE = re.compile(r"^\s*```[\w+-]*[ \t]*\n")
 
 
 def strip_code_fence(text: str) -> str:
-    """The code inside a reply that is one fenced block; any other text as it is."""
-    fenced = _FENCE.match(text)
-    return fenced.group(1) if fenced else text
+    """The code inside a reply that opens with a fenced block (up to its closing fence, or to the
+    end when the answer was cut before it); any other text as it is.
+
+    Chat models answer the hole-filling prompt this way despite being told not to, and both the
+    engine's chat infilling and the language server's post-processing read their replies with this.
+    """
+    match = _OPENING_FENCE.match(text)
+    if not match:
+        return text
+    body = text[match.end() :]
+    end = body.find("```")
+    return body if end == -1 else body[:end].rstrip("\n")

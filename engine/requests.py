@@ -1,9 +1,18 @@
-"""Structured requests and results shared by the engine, the language server and the HTTP server."""
+"""Requests and results shared by the engine, the language server and the HTTP server.
+
+This module, `engine.errors`, `engine.prompting` and `engine.rows` import nothing heavier than the
+standard library (and `import engine` itself is lazy), so the language server's shared types work
+without torch.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
+
+# Sampler options a request may override (diffusiongemma.md 4.4); the step budget is separate.
+SAMPLER_KNOBS = ("entropy_bound", "t_min", "t_max", "stability_threshold", "confidence_threshold")
 
 
 @dataclass
@@ -32,11 +41,37 @@ class InfillRequest:
     # Polled between denoising steps; returning True cancels the request.
     should_stop: Callable[[], bool] | None = None
     seed: int | None = None
+    # The answer ends before the first of these (the HTTP server's `stop`).
+    stop: Sequence[str] = ()
+
+
+@dataclass
+class GenerationRequest:
+    """One row of generation: prompt token ids in, at most `max_tokens` new tokens out.
+
+    Everything a call needs travels here, so nothing about a call is kept on the model.
+    """
+
+    prompt_ids: list[int]
+    max_tokens: int = 256
+    # Tokens per canvas; None: the model's canvas length (infilling asks for one short canvas).
+    canvas_length: int | None = None
+    num_diffusion_steps: int | None = None
+    sampler_knobs: Mapping[str, Any] = field(default_factory=dict)
+    stop: Sequence[str] = ()
+    seed: int | None = None
+    deadline: float | None = None
+    should_stop: Callable[[], bool] | None = None
+
+    @property
+    def sampler_key(self) -> tuple:
+        """Rows of one canvas batch share one sampler: they must agree on this."""
+        return (self.canvas_length, self.num_diffusion_steps, tuple(sorted(self.sampler_knobs.items())))
 
 
 @dataclass
 class GenerationStats:
-    """Per-call figures, exposed as `model.last_stats` and in HTTP responses."""
+    """Per-call figures: part of every result, and of HTTP responses."""
 
     prompt_tokens: int = 0
     # Prompt tokens whose KV came from the previous call's cache instead of being encoded again.
@@ -46,7 +81,7 @@ class GenerationStats:
     steps_per_canvas: list[int] = field(default_factory=list)
     seconds: float = 0.0
     finish_reason: str = "length"  # "stop" (EOS or a stop string) | "length"
-    # One reason per row for `generate_batch`; empty for single-prompt calls.
+    # One reason per row for a batch; empty for single-prompt calls.
     row_finish_reasons: list[str] = field(default_factory=list)
 
     @property
@@ -72,6 +107,28 @@ class GenerationStats:
 
 
 @dataclass
+class GenerationResult:
+    """What one row produced: its tokens before the end, its text, why it ended, and the figures."""
+
+    tokens: list[int]
+    text: str
+    finish_reason: str  # "stop" (EOS, trailing pads, a stop string) | "length"
+    stats: GenerationStats
+    # Tokens of `text`: fewer than `tokens` when a stop string cut the text.
+    completion_tokens: int = 0
+
+
+@dataclass
+class BatchResult:
+    """Several rows generated in one canvas batch: one result per row and the batch's own figures."""
+
+    rows: list[GenerationResult]
+    stats: GenerationStats
+
+
+@dataclass
 class InfillResult:
     text: str
     stats: GenerationStats
+    # Tokens of `text` (None where the backend does not know them).
+    completion_tokens: int | None = None

@@ -71,14 +71,23 @@ def test_quota_ends_a_row_early_in_a_batch(tiny_checkpoint):
         tiny_checkpoint, config=DiffusionConfig(dtype="float32", seed=1)
     )
     model.eos_ids = [511]
-    out = model.generate_batch([[2, 10, 11], [2, 12]], max_tokens=[5, 40], num_diffusion_steps=2)
+    batch = model.run_batch(
+        [
+            model.request([2, 10, 11], 5, num_diffusion_steps=2),
+            model.request([2, 12], 40, num_diffusion_steps=2),
+        ]
+    )
+    out = [row.tokens for row in batch.rows]
     assert len(out[0]) == 5 and len(out[1]) == 40
-    assert model.last_stats.canvases == 3
-    assert model.last_stats.row_finish_reasons == ["length", "length"]
-    assert model.last_stats.finish_reason == "length"
+    assert batch.stats.canvases == 3
+    assert batch.stats.row_finish_reasons == ["length", "length"]
+    assert batch.stats.finish_reason == "length"
     model.eos_ids = list(range(512))  # every token ends a row at once
-    assert model.generate_batch([[2, 10], [2, 12]], max_tokens=[5, 40], num_diffusion_steps=1) == [[], []]
-    assert model.last_stats.row_finish_reasons == ["stop", "stop"]
+    batch = model.run_batch(
+        [model.request([2, 10], 5, num_diffusion_steps=1), model.request([2, 12], 40, num_diffusion_steps=1)]
+    )
+    assert [row.tokens for row in batch.rows] == [[], []]
+    assert batch.stats.row_finish_reasons == ["stop", "stop"]
 
 
 def test_batch_respects_a_deadline(tiny_checkpoint):
@@ -92,8 +101,9 @@ def test_eos_in_the_first_position_gives_empty_text_and_stop(tiny_checkpoint):
         tiny_checkpoint, config=DiffusionConfig(dtype="float32", seed=3)
     )
     model.eos_ids = list(range(512))  # whatever the canvas holds, its first token ends generation
-    assert model.generate("x = 1", max_tokens=64, num_diffusion_steps=2) == ""
-    assert model.last_stats.finish_reason == "stop" and model.last_stats.canvases == 1
+    result = model.run(model.request("x = 1", max_tokens=64, num_diffusion_steps=2))
+    assert result.text == ""
+    assert result.stats.finish_reason == "stop" and result.stats.canvases == 1
 
 
 def test_should_stop_cancels_between_denoising_steps(tiny_checkpoint):
@@ -137,3 +147,28 @@ def test_a_failed_pass_leaves_no_half_written_cache(tiny_checkpoint, monkeypatch
             "def g(y): return", max_tokens=16, num_diffusion_steps=2
         )  # dies in layer 3 of the prompt pass
     assert model.generate("def g(y):", max_tokens=16, num_diffusion_steps=2) == expected
+
+
+def test_a_canvas_that_ends_in_pads_ends_the_row_at_the_first_of_them(tiny_checkpoint):
+    """The embedded model's habit: pads to the end of the canvas and no EOS. The row ends there
+    ("stop", the text before the pads) and no further canvas runs; pads followed by other tokens
+    stay part of the row. The committed tokens are the model's own either way."""
+    model = DiffusionGemmaModel.from_pretrained(
+        tiny_checkpoint, config=DiffusionConfig(dtype="float32", seed=8)
+    )
+    model.eos_ids = [511]
+    free = model.run(model.request("x = ", max_tokens=48, num_diffusion_steps=2))
+    assert len(free.tokens) == 48 and free.finish_reason == "length" and free.stats.canvases == 3
+    first = free.tokens[:16]
+    start = 16
+    while start > 0 and first[start - 1] == first[-1]:
+        start -= 1
+    middle = next(t for t in first[:start] if t not in first[start:] and first.index(t) < start - 1)
+    # The same random model, told that the token ending its first canvas is <pad>.
+    model.model_config.text.pad_token_id = first[-1]
+    padded = model.run(model.request("x = ", max_tokens=48, num_diffusion_steps=2))
+    assert padded.tokens == first[:start] and padded.finish_reason == "stop"
+    assert padded.text == model.tokenizer.decode(first[:start]) and padded.stats.canvases == 1
+    # A <pad> with other tokens after it in the canvas is text like any other.
+    model.model_config.text.pad_token_id = middle
+    assert model.run(model.request("x = ", max_tokens=48, num_diffusion_steps=2)).tokens == free.tokens

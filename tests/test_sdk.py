@@ -25,9 +25,9 @@ def model(tiny_checkpoint):
 
 
 def test_generate_returns_text_and_stats(model):
-    text = model.generate(prompt="def add(a, b):", max_tokens=40, num_diffusion_steps=3)
-    assert isinstance(text, str)
-    stats = model.last_stats
+    result = model.run(model.request(prompt="def add(a, b):", max_tokens=40, num_diffusion_steps=3))
+    assert isinstance(result.text, str)
+    stats = result.stats
     assert stats.generated_tokens == 40 and stats.canvases == 3  # canvas 16: 16 + 16 + 8
     assert stats.steps_per_canvas == [3, 3, 3]
     assert stats.tokens_per_second > 0 and stats.finish_reason == "length"
@@ -56,11 +56,9 @@ def test_stop_strings_cut_the_text(model):
     text = model.generate("x", max_tokens=48, num_diffusion_steps=2, seed=3)
     assert len(text) > 4
     stop = text[2:4]
-    assert (
-        model.generate("x", max_tokens=48, num_diffusion_steps=2, seed=3, stop=[stop])
-        == text[: text.find(stop)]
-    )
-    assert model.last_stats.finish_reason == "stop"
+    result = model.run(model.request("x", max_tokens=48, num_diffusion_steps=2, seed=3, stop=[stop]))
+    assert result.text == text[: text.find(stop)]
+    assert result.stats.finish_reason == "stop"
 
 
 def test_chat_renders_the_template_with_a_system_prompt_and_one_bos(model):
@@ -71,8 +69,9 @@ def test_chat_renders_the_template_with_a_system_prompt_and_one_bos(model):
         "<bos><|turn>system\nAnswer in code.<turn|>\n<|turn>user\nsum a list<turn|>\n<|turn>model\n"
     )
     assert ids.count(2) == 1
-    assert isinstance(model.chat(messages, max_tokens=8, num_diffusion_steps=2), str)
-    assert model.last_stats.prompt_tokens == len(ids)
+    result = model.run(model.chat_request(messages, max_tokens=8, num_diffusion_steps=2))
+    assert isinstance(result.text, str)
+    assert result.stats.prompt_tokens == len(ids)
 
 
 def test_malformed_chat_messages_get_a_clear_error(model):
@@ -81,9 +80,10 @@ def test_malformed_chat_messages_get_a_clear_error(model):
 
 
 def test_infill_uses_native_fim_tokens_and_one_short_canvas(model):
-    text = model.infill("def f(x):\n    return ", "\n\nprint(f(2))\n", max_tokens=8, num_diffusion_steps=2)
-    assert isinstance(text, str) and "<|fim" not in text
-    assert model.last_stats.canvases == 1 and model.last_stats.generated_tokens <= 8
+    hole = InfillRequest("def f(x):\n    return ", "\n\nprint(f(2))\n", max_tokens=8, num_diffusion_steps=2)
+    result = model.infill_request(hole)
+    assert isinstance(result.text, str) and "<|fim" not in result.text
+    assert result.stats.canvases == 1 and result.stats.generated_tokens <= 8
     request = InfillRequest(
         prefix="x = ",
         suffix="\n",
@@ -98,8 +98,10 @@ def test_infill_without_fim_tokens_goes_through_the_chat_template(tmp_path):
     folder = write_random_checkpoint(tmp_path / "nofim", fim_tokens=False)
     chat_model = DiffusionGemmaModel.from_pretrained(folder, config=DiffusionConfig(dtype="float32", seed=0))
     assert not chat_model.has_fim_tokens
-    chat_model.infill("def f():\n    ", "\n", max_tokens=8, num_diffusion_steps=2)
-    assert chat_model.last_stats.prompt_tokens > 40  # the system prompt and the hole marker
+    result = chat_model.infill_request(
+        InfillRequest("def f():\n    ", "\n", max_tokens=8, num_diffusion_steps=2)
+    )
+    assert result.stats.prompt_tokens > 40  # the system prompt and the hole marker
 
 
 def test_prompt_cache_reuse_gives_the_same_result_as_a_fresh_model(tiny_checkpoint):
@@ -107,11 +109,12 @@ def test_prompt_cache_reuse_gives_the_same_result_as_a_fresh_model(tiny_checkpoi
     warm = DiffusionGemmaModel.from_pretrained(tiny_checkpoint, config=config)
     prefix = "class Stack:\n    def push(self, item):\n        self.items.append(item)\n"
     warm.generate(prefix, max_tokens=8, num_diffusion_steps=2)
-    second = warm.generate(prefix + "    def pop(self):", max_tokens=20, num_diffusion_steps=3)
-    assert warm.last_stats.cached_prompt_tokens > 10
+    second = warm.run(warm.request(prefix + "    def pop(self):", max_tokens=20, num_diffusion_steps=3))
+    assert second.stats.cached_prompt_tokens > 10
     cold = DiffusionGemmaModel.from_pretrained(tiny_checkpoint, config=config)
-    assert cold.generate(prefix + "    def pop(self):", max_tokens=20, num_diffusion_steps=3) == second
-    assert cold.last_stats.cached_prompt_tokens == 0
+    fresh = cold.run(cold.request(prefix + "    def pop(self):", max_tokens=20, num_diffusion_steps=3))
+    assert fresh.text == second.text
+    assert fresh.stats.cached_prompt_tokens == 0
 
 
 def test_attention_slicing_changes_nothing_but_memory(tiny_checkpoint):
@@ -238,3 +241,30 @@ def test_tokenization_and_chat_template_match_transformers(model, tiny_checkpoin
     expected = hf.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
     expected = expected["input_ids"] if isinstance(expected, dict) or hasattr(expected, "keys") else expected
     assert model.chat_prompt_ids(messages) == list(expected)
+
+
+def test_each_stream_carries_its_own_figures_while_another_call_runs(model):
+    """Figures travel with their call: a stream's result is its own, however calls interleave."""
+    long = model.generate_stream("import os", max_tokens=48, num_diffusion_steps=2, seed=5)
+    first = next(long)
+    assert long.result.stats.canvases >= 1 and long.result.text.startswith(first)
+    # The model's lock is re-entrant on this thread, so a second call may run between two chunks.
+    short = model.run(model.request("x = ", max_tokens=4, num_diffusion_steps=1, seed=1))
+    rest = "".join(long)
+    assert short.stats.canvases == 1 and short.stats.generated_tokens <= 4
+    assert long.result.text == first + rest
+    # ... and neither call saw the other's canvases.
+    assert long.result.text == model.generate("import os", max_tokens=48, num_diffusion_steps=2, seed=5)
+    assert short.text == model.generate("x = ", max_tokens=4, num_diffusion_steps=1, seed=1)
+    assert long.result.stats.prompt_tokens == len(model.tokenizer.encode("import os"))
+    assert long.result.stats.canvases == 3 or long.result.finish_reason == "stop"
+
+
+def test_a_stream_never_shows_the_start_of_a_stop_string_before_it_is_decided(model):
+    text = model.generate("x", max_tokens=48, num_diffusion_steps=2, seed=3)
+    for start in range(4, len(text) - 3, 5):
+        stop = text[start : start + 3]
+        chunks = list(model.generate_stream("x", max_tokens=48, num_diffusion_steps=2, seed=3, stop=[stop]))
+        assert "".join(chunks) == text[: text.find(stop)]
+        for chunk in chunks[:-1]:
+            assert not any(chunk.endswith(stop[:size]) for size in range(1, len(stop))), (chunk, stop)

@@ -1,8 +1,9 @@
 """The interface every backend implements, and the factory that picks one from the settings.
 
-Handlers only ever talk to a `Backend`: the in-process engine today, the remote HTTP server
-(`dgemma_lsp/backends/http.py`, arriving with the HTTP issue) tomorrow. A new backend registers
-its import path in `BACKENDS` and needs no change anywhere else.
+Handlers only ever talk to a `Backend`: the in-process engine (`backends/engine.py`) or a remote
+OpenAI-compatible server (`backends/http.py`). A new backend registers its import path in
+`BACKENDS` and needs no change anywhere else. This module and the request types it uses
+(`engine.requests`, `engine.errors`) import without torch.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from dgemma_lsp.settings import Settings
 from engine.errors import EngineError
 from engine.requests import InfillRequest, InfillResult
 
-# Backend name -> "module:Class". Imported lazily: the engine pulls in torch.
+# Backend name -> "module:Class", imported when chosen: a backend's own dependencies (httpx for the
+# remote one) stay unloaded otherwise. The engine backend imports torch only in `load`.
 BACKENDS = {
     "engine": "dgemma_lsp.backends.engine:EngineBackend",
     "http": "dgemma_lsp.backends.http:HttpBackend",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dgemma_lsp.backends.base import Backend, ProgressCallback
-from engine.requests import InfillRequest, InfillResult
+from engine.requests import GenerationRequest, InfillRequest, InfillResult
 
 
 class EngineBackend(Backend):
@@ -39,17 +39,20 @@ class EngineBackend(Backend):
         model = self.model
         if model is None or len(requests) < 2 or not model.has_fim_tokens:
             return super().infill_many(requests)
+        # One canvas batch has one sampler: the first hole's steps and seed apply to all of them.
         first = requests[0]
-        ids = [model.fim_prompt_ids(r) for r in requests]
-        outputs = model.generate_batch(
-            ids,
-            [min(r.max_tokens, model.canvas_length) for r in requests],
-            num_diffusion_steps=first.num_diffusion_steps,
-            seed=first.seed,
-            should_stop=first.should_stop,
-            deadline=first.deadline,
-        )
-        return [model.tokenizer.decode(tokens) for tokens in outputs]
+        rows = [
+            GenerationRequest(
+                model.fim_prompt_ids(r),
+                min(r.max_tokens, model.canvas_length),
+                num_diffusion_steps=first.num_diffusion_steps,
+                seed=first.seed,
+                deadline=r.deadline,
+                should_stop=r.should_stop,
+            )
+            for r in requests
+        ]
+        return [row.text for row in model.run_batch(rows).rows]
 
     def count_tokens(self, text: str) -> int:
         if self.model is None:

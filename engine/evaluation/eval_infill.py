@@ -313,9 +313,11 @@ class ModelPredictor:
             kwargs["max_tokens"] = self.max_tokens
         if self.num_diffusion_steps is not None:
             kwargs["num_diffusion_steps"] = self.num_diffusion_steps
-        text = self.model.infill(prefix, suffix, **kwargs)
-        self.last_stats = getattr(self.model, "last_stats", None)
-        return text
+        from engine.requests import InfillRequest
+
+        result = self.model.infill_request(InfillRequest(prefix, suffix, **kwargs))
+        self.last_stats = result.stats  # this call's figures, from its own result
+        return result.text
 
 
 def _backend_tokenizer(model: Any) -> Any:

@@ -7,15 +7,18 @@ Batching policy. A job is *batchable* when it is a plain, non-streaming generati
 without `suffix`, or a chat completion) **without a seed**. When the engine takes a batchable job it
 waits up to `batch_window_s` after that job arrived for other batchable jobs with the same step
 budget and sampler knobs (one canvas batch needs one sampler configuration), then runs up to
-`max_batch_size` of them as one `generate_batch` call: one prompt encode and one canvas batch per
+`max_batch_size` of them as one `run_batch` call: one prompt encode and one canvas batch per
 step for all of them. Jobs that queued while the engine was busy are taken at once, without waiting.
-Everything else runs alone through `generate_stream`, which keeps what a batch cannot give:
+Everything else runs alone through `stream`, which keeps what a batch cannot give:
 - streaming, one chunk per committed canvas;
 - seeds: a batch draws its random numbers for all rows from one generator, so a row's text depends
   on its neighbours; a seeded request runs alone and gets the same text whatever else is running;
 - infilling (`suffix`): its prompt and canvas length are chosen by the engine's infill path;
 - the prompt-prefix KV cache, which reuses the previous prompt's prefix (a batch encodes afresh).
-Stop strings work in both: a batch row is cut at its first stop string after generation.
+Stop strings work in both, through the engine's one place that ends a row (engine/rows.py); a
+stream holds back the end of its text that could still become a stop string.
+
+Every call's figures come back in its own result, so two requests never see each other's.
 
 Cancellation: every job has a `cancelled` event (client disconnected) and a deadline. The engine
 polls `should_stop` between denoising steps; a batch stops only when every one of its jobs should.
@@ -30,12 +33,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from engine.api import first_stop
 from engine.errors import DeadlineExceeded, EngineError, GenerationCancelled
-from engine.requests import InfillRequest
+from engine.requests import GenerationRequest, GenerationStats, InfillRequest
 from engine.server.metrics import Metrics
 
 logger = logging.getLogger("dgemma.server")
@@ -89,6 +92,19 @@ class Job:
     def batch_key(self) -> tuple:
         return (self.steps, tuple(sorted(self.knobs.items())))
 
+    def generation_request(self, seed: int | None) -> GenerationRequest:
+        """The engine's request for this job (prompt ids, budget, sampler options, stop strings)."""
+        return GenerationRequest(
+            list(self.prompt_ids or []),
+            self.max_tokens,
+            num_diffusion_steps=self.steps,
+            sampler_knobs=dict(self.knobs),
+            stop=tuple(self.stop),
+            seed=seed,
+            deadline=self.deadline,
+            should_stop=self.cancelled.is_set,
+        )
+
     def cancel(self, reason: str) -> None:
         if not self.cancelled.is_set():
             self.cancel_reason = reason
@@ -129,17 +145,6 @@ def _resolve(future: asyncio.Future, result: Completion | BaseException) -> None
         future.set_exception(result)
     else:
         future.set_result(result)
-
-
-def held_back(text: str, stops: list[str]) -> int:
-    """Characters at the end of `text` that could be the start of a stop string."""
-    longest = 0
-    for stop in stops:
-        for size in range(min(len(stop) - 1, len(text)), longest, -1):
-            if text.endswith(stop[:size]):
-                longest = size
-                break
-    return longest
 
 
 class Scheduler:
@@ -276,37 +281,39 @@ class Scheduler:
     def _run_alone(self, job: Job, batch_size: int) -> None:
         model = self.model
         started = time.perf_counter()
+        stats = GenerationStats()  # what a call that fails before it starts leaves
         try:
             if job.infill is not None:
-                request = replace(job.infill, should_stop=job.cancelled.is_set, deadline=job.deadline)
+                request = replace(
+                    job.infill, should_stop=job.cancelled.is_set, deadline=job.deadline, stop=tuple(job.stop)
+                )
                 result = model.infill_request(request)
                 text, stats = result.text, result.stats
-                position = first_stop(text, job.stop)
-                cut = position is not None
-                finish = "stop" if cut else stats.finish_reason
-                text = text[:position] if cut else text
+                completion_tokens = result.completion_tokens
                 if job.stream and text:
                     job.emit(text)
             else:
-                text, cut = self._stream_text(job)
-                stats = model.last_stats
-                finish = "stop" if cut else stats.finish_reason
+                stream = model.stream(job.generation_request(job.seed))
+                stats = stream.result.stats
+                with closing(stream):  # closing stops the engine after a stop string
+                    for delta in stream:
+                        job.emit(delta)
+                text, completion_tokens = stream.result.text, stream.result.completion_tokens
         except GenerationCancelled as error:
             self._cancelled(job)
-            self._record(model.last_stats.canvases, model.last_stats.steps_per_canvas, batch_size)
+            self._record(stats.canvases, stats.steps_per_canvas, batch_size)
             job.deliver(job.stop_error() if job.should_stop() else error)
             return
         except Exception as error:
             job.deliver(error)
             return
         self._record(stats.canvases, stats.steps_per_canvas, batch_size)
-        completion_tokens = model.count_tokens(text) if cut else stats.generated_tokens
         job.deliver(
             Completion(
                 text=text,
-                finish_reason=finish,
+                finish_reason=stats.finish_reason,
                 prompt_tokens=stats.prompt_tokens,
-                completion_tokens=completion_tokens,
+                completion_tokens=stats.generated_tokens if completion_tokens is None else completion_tokens,
                 cached_tokens=stats.cached_prompt_tokens,
                 canvases=stats.canvases,
                 steps_per_canvas=list(stats.steps_per_canvas),
@@ -315,53 +322,12 @@ class Scheduler:
             )
         )
 
-    def _stream_text(self, job: Job) -> tuple[str, bool]:
-        """Generate canvas by canvas, emitting deltas; returns (text, whether a stop string cut it).
-
-        Stop strings are matched here rather than in the engine so that a delta never ends with
-        the start of a stop string that the next canvas completes (that text is held back).
-        """
-        text, emitted, cut = "", 0, False
-        canvases = self.model.generate_stream(
-            job.prompt_ids,
-            job.max_tokens,
-            job.steps,
-            None,
-            job.seed,
-            should_stop=job.cancelled.is_set,
-            deadline=job.deadline,
-            **job.knobs,
-        )
-        try:
-            for delta in canvases:
-                text += delta
-                position = first_stop(text, job.stop)
-                if position is not None:
-                    text, cut = text[:position], True
-                    break
-                ready = len(text) - held_back(text, job.stop)
-                if ready > emitted:
-                    job.emit(text[emitted:ready])
-                    emitted = ready
-        finally:
-            canvases.close()  # stops the engine after a stop string; its cache keeps the prompt
-        if len(text) > emitted:
-            job.emit(text[emitted:])
-        return text, cut
-
     def _run_batch(self, jobs: list[Job]) -> None:
         model = self.model
-        first = jobs[0]
         started = time.perf_counter()
         try:
-            outputs = model.generate_batch(
-                [job.prompt_ids for job in jobs],
-                [job.max_tokens for job in jobs],
-                num_diffusion_steps=first.steps,
-                seed=None,
-                should_stop=lambda: all(job.should_stop() for job in jobs),
-                **first.knobs,
-            )
+            # Batched jobs carry no seed (see the module docstring): the model's default seeds the batch.
+            batch = model.run_batch([job.generation_request(None) for job in jobs])
         except GenerationCancelled:
             for job in jobs:
                 self._cancelled(job)
@@ -377,21 +343,16 @@ class Scheduler:
                 else:
                     self._run_alone(job, batch_size=1)
             return
-        stats = model.last_stats
+        stats = batch.stats
         self._record(stats.canvases, stats.steps_per_canvas, len(jobs))
         seconds = time.perf_counter() - started
-        for job, ids in zip(jobs, outputs, strict=True):
-            text = model.tokenizer.decode(ids)
-            cut = first_stop(text, job.stop)
-            if cut is not None:
-                text = text[:cut]
-            finish = "stop" if cut is not None or len(ids) < job.max_tokens else "length"
+        for job, row in zip(jobs, batch.rows, strict=True):
             job.deliver(
                 Completion(
-                    text=text,
-                    finish_reason=finish,
-                    prompt_tokens=len(job.prompt_ids or []),
-                    completion_tokens=model.count_tokens(text) if cut is not None else len(ids),
+                    text=row.text,
+                    finish_reason=row.finish_reason,
+                    prompt_tokens=row.stats.prompt_tokens,
+                    completion_tokens=row.completion_tokens,
                     cached_tokens=0,
                     canvases=stats.canvases,
                     steps_per_canvas=list(stats.steps_per_canvas),

@@ -39,8 +39,10 @@ def bind(host: str, port: int) -> socket.socket:
 def server_config(args: argparse.Namespace, model_source: str):
     from engine.server.app import ServerConfig, served_model_name
 
+    names = args.served_model_name or [served_model_name(model_source)]
     return ServerConfig(
-        model_name=args.served_model_name or served_model_name(model_source),
+        model_name=names[0],
+        model_aliases=tuple(names[1:]),
         api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
         max_body_bytes=args.max_body_bytes,
         request_timeout_s=args.request_timeout,
@@ -66,7 +68,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     print(
-        f"dgemma serve: http://{shown}:{port}/v1 serving {config.model_name!r} "
+        f"dgemma serve: http://{shown}:{port}/v1 serving "
+        f"{', '.join(repr(name) for name in config.served_model_names)} "
         f"(batching {'off' if not config.batching else f'{config.batch_window_ms:g} ms window'}, "
         f"API key {'required' if config.api_key else 'not required'})",
         flush=True,
@@ -90,7 +93,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def add_server_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--served-model-name", default=None, help="name in /v1/models (default: from --model)")
+    p.add_argument(
+        "--served-model-name",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="names requests may use; the first is the one responses carry and /v1/models lists first "
+        "(default: from --model)",
+    )
     p.add_argument(
         "--max-body-bytes", type=int, default=1 << 20, help="larger request bodies get 413 (default 1 MiB)"
     )

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
-from engine.api import SAMPLER_KNOBS
+from engine.requests import SAMPLER_KNOBS
 
 # Hard limits that keep a single request from taking the server down; the server's own limits
 # (`max_tokens`, steps) are checked against its configuration in app.py.

@@ -364,7 +364,7 @@ def diffusion_loss(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The training loss of one batch (module docstring) and its parts."""
     vocab = model.config.vocab_size
-    cache = model.new_cache(training=True)
+    cache = model.new_training_cache()
     hidden = model.encode(batch.prompt, cache, valid=batch.valid, return_hidden=config.ar_weight > 0)
     diffusion = torch.zeros((), device=batch.canvas.device)
     correct = torch.zeros_like(batch.canvas, dtype=torch.bool)

@@ -10,6 +10,7 @@ import torch
 
 from engine.api import DiffusionGemmaModel
 from engine.config import DiffusionConfig
+from engine.requests import InfillRequest
 from engine.training.train import TrainConfig, Trainer, corrupt, learning_rate
 
 FILES = {
@@ -129,11 +130,13 @@ def test_the_exported_model_loads_offline_and_infills(tmp_path, corpus):
         folder, config=DiffusionConfig(device="cpu", local_files_only=True)
     )
     assert model.has_fim_tokens and model.canvas_length == 16
-    text = model.infill(
-        "def total(values):\n    ", "\n    return result\n", max_tokens=16, num_diffusion_steps=2
+    result = model.infill_request(
+        InfillRequest(
+            "def total(values):\n    ", "\n    return result\n", max_tokens=16, num_diffusion_steps=2
+        )
     )
-    assert isinstance(text, str)
-    assert model.last_stats.canvases == 1 and model.last_stats.steps_per_canvas[0] <= 2
+    assert isinstance(result.text, str)
+    assert result.stats.canvases == 1 and result.stats.steps_per_canvas[0] <= 2
 
 
 def test_corruption_replaces_tokens_at_rate_t():

@@ -10,6 +10,7 @@ import pytest
 from engine.api import DiffusionGemmaModel
 from engine.config import DiffusionConfig, ModelConfig
 from engine.prompting import FIM_TOKENS
+from engine.requests import InfillRequest
 
 EMBEDDED = Path(__file__).resolve().parents[2] / "engine" / "embedded"
 
@@ -62,8 +63,9 @@ def test_no_argument_loads_the_embedded_model_offline_and_it_infills(model):
     suffix = "\n\n    def norm(self):\n        return (self.x ** 2 + self.y ** 2) ** 0.5\n"
     middles = []
     for seed in range(8):
-        middles.append(model.infill(prefix, suffix, max_tokens=32, seed=seed))
-        assert model.last_stats.canvases == 1 and model.last_stats.steps_per_canvas[0] >= 1
+        result = model.infill_request(InfillRequest(prefix, suffix, max_tokens=32, seed=seed))
+        middles.append(result.text)
+        assert result.stats.canvases == 1 and result.stats.steps_per_canvas[0] >= 1
     # The model is weak (its card says how weak) and may rightly answer an empty middle, but it
     # writes something for some seeds, without special tokens.
     assert all(isinstance(m, str) and "<" + "|fim" not in m for m in middles)

@@ -1,0 +1,1 @@
+"""The HTTP routes, one router per group: completions, chat, models, health and metrics."""
