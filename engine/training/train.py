@@ -43,6 +43,8 @@ import json
 import math
 import os
 import random
+import signal
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -641,9 +643,12 @@ class Trainer:
             )
         started = time.perf_counter()
         start_seconds = self.train_seconds
+        stop = _StopRequest()
         try:
-            while self.step < config.steps and (
-                config.stop_at_step is None or self.step < config.stop_at_step
+            while (
+                not stop.requested
+                and self.step < config.steps
+                and (config.stop_at_step is None or self.step < config.stop_at_step)
             ):
                 parts = self.train_step()
                 self.train_seconds = start_seconds + time.perf_counter() - started
@@ -672,8 +677,11 @@ class Trainer:
                         bar.write(f"time budget of {config.max_minutes} min reached at step {self.step}")
                     break
         finally:
+            stop.restore()
             if bar is not None:
                 bar.close()
+        if stop.requested:
+            print(f"stopped by signal at step {self.step}: saving and exporting", flush=True)
         self.save()
         return self.export()
 
@@ -706,6 +714,26 @@ class Trainer:
             json.dumps(summary, indent=1) + "\n", encoding="utf-8"
         )
         return folder
+
+
+class _StopRequest:
+    """SIGINT / SIGTERM during `Trainer.run` finish the step in progress, then save and export, so
+    stopping a run (Ctrl-C, `kill`) loses nothing already computed."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
 
 
 def train(config: TrainConfig) -> Path:

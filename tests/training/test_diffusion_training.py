@@ -266,3 +266,23 @@ def test_a_source_share_cap_scales_down_only_the_sources_above_it():
     capped = draw_weights(files, 0.5)
     assert capped[2:] == [100, 1]
     assert sum(capped[:2]) == pytest.approx(0.5 * 1101) and capped[0] / capped[1] == pytest.approx(9)
+
+
+def test_a_signal_during_training_saves_and_exports_after_the_step_in_progress(tmp_path, corpus):
+    import os
+    import signal
+
+    trainer = Trainer(_config(tmp_path, corpus, steps=50))
+    original = trainer.train_step
+
+    def step_then_signal():
+        parts = original()
+        if trainer.step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return parts
+
+    trainer.train_step = step_then_signal
+    folder = trainer.run()
+    assert trainer.step == 2 and (folder / "model.safetensors").is_file()
+    assert Trainer(_config(tmp_path, corpus, steps=50)).step == 2
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
