@@ -88,6 +88,7 @@ class Stats:
     # Generations the backend stopped between denoising steps (cancelled or out of time), as
     # opposed to ones that ran to the end and were dropped afterwards.
     interrupted: int = 0
+    waited_for_model: int = 0  # requests that arrived while the model loaded and waited for it
     errors: int = 0
     skipped: int = 0
     accepted: int = 0
@@ -113,6 +114,7 @@ class Stats:
             "cancelled": self.cancelled,
             "deadline_exceeded": self.deadline,
             "interrupted": self.interrupted,
+            "waited_for_model": self.waited_for_model,
             "errors": self.errors,
             "skipped": self.skipped,
             "accepted": self.accepted,
@@ -177,9 +179,11 @@ class Completer:
 
     # --- planning (event loop) --------------------------------------------------------------
 
-    def plan(self, document: Document, offset: int) -> Outcome:
-        """Decide, look in the cache, or build the request. Cheap: no model call."""
-        self.stats.requests += 1
+    def plan(self, document: Document, offset: int, again: bool = False) -> Outcome:
+        """Decide, look in the cache, or build the request. Cheap: no model call. `again`: the
+        same request planned a second time (after waiting for the model), not counted twice."""
+        if not again:
+            self.stats.requests += 1
         settings = self.settings
         if not document.completable:
             self.stats.skipped += 1

@@ -92,6 +92,7 @@ def add_client_handlers(client: LanguageClient) -> None:
     the server's status notifications, apply workspace edits."""
     client.registrations = []  # type: ignore[attr-defined]
     client.statuses = []  # type: ignore[attr-defined]
+    client.status_updates = []  # type: ignore[attr-defined]
     client.applied_edits = []  # type: ignore[attr-defined]
 
     @client.feature(types.CLIENT_REGISTER_CAPABILITY)
@@ -102,6 +103,7 @@ def add_client_handlers(client: LanguageClient) -> None:
     def status(ls: LanguageClient, params) -> None:
         state = params.get("state") if isinstance(params, dict) else getattr(params, "state", None)
         ls.statuses.append(state)  # type: ignore[attr-defined]
+        ls.status_updates.append(params)  # type: ignore[attr-defined]
 
     @client.feature(types.WORKSPACE_APPLY_EDIT)
     def apply_edit(
