@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from dgemma_lsp import syntax
 from dgemma_lsp.backends.base import Backend
 from dgemma_lsp.cache import TypingCache
-from dgemma_lsp.context import PromptContext, TokenCounter, build_context
+from dgemma_lsp.context import PromptContext, TokenCounter, build_context, prefill_cap
 from dgemma_lsp.decide import Decision, decide
 from dgemma_lsp.documents import Document, DocumentStore
 from dgemma_lsp.postprocess import Hole, Suggestion, postprocess, trim_to_valid
@@ -125,6 +125,55 @@ class Stats:
         }
 
 
+PREFILL_FLOOR_TOKENS = 128  # the shortest context a device-capped budget goes down to
+
+
+def synthetic_source(tokens: int, count, salt: int) -> str:
+    """Plausible code of about `tokens` tokens (in `count`'s tokenizer), different per `salt`."""
+    blocks, used, index = [], 0, 0
+    while used < tokens:
+        block = (
+            f"def step_{salt}_{index}(values, limit={index}):\n"
+            f"    total = sum(v * {index} for v in values if v < limit)\n"
+            f"    return total - {salt}\n\n"
+        )
+        blocks.append(block)
+        used += count(block)
+        index += 1
+    return "".join(blocks)
+
+
+def measure_prefill(
+    backend: Backend, budget_tokens: int, budget_ms: float, floor: int = PREFILL_FLOOR_TOKENS
+) -> dict[int, float]:
+    """Cold-prefill time (ms, the best of at most two tries) by prompt length, from `budget_tokens`
+    down by halves until one fits `budget_ms` or the floor is reached.
+
+    Each try is a one-token, one-step hole whose prompt shares no prefix with the last one (the
+    engine would reuse its KV), so its time is the prefill's plus a near-constant. Run at load,
+    it also warms the kernels and the allocator up at the lengths requests will use.
+    """
+    table: dict[int, float] = {}
+    length, salt = max(budget_tokens, 1), 0
+    while True:
+        best = float("inf")
+        for _ in range(2):  # the first try at a length pays for allocating its buffers
+            salt += 1
+            text = synthetic_source(length, backend.count_tokens, salt)
+            request = InfillRequest(
+                prefix=text, suffix=f"{salt} # salt\n", max_tokens=1, num_diffusion_steps=1, seed=0
+            )
+            started = time.perf_counter()
+            backend.infill(request)
+            best = min(best, (time.perf_counter() - started) * 1000)
+            if best <= budget_ms:
+                break
+        table[length] = round(best, 1)
+        if best <= budget_ms or length <= floor:
+            return table
+        length = max(floor, length // 2)
+
+
 def make_hole(document_text: str, offset: int, decision: Decision, indent_unit: str | None) -> Hole:
     start, end = line_bounds(document_text, offset)
     return Hole(
@@ -177,6 +226,13 @@ class Completer:
         self._indent_units[document.uri] = (document.edit_count // 50, unit)
         return unit
 
+    def context_budget(self) -> int:
+        """`contextBudget`, capped at what the device prefills within `prefillBudgetMs` (measured
+        when the model loaded; the same cap for every request, so typing still reuses the KV)."""
+        measured = getattr(self.backend, "prefill_ms", None)
+        cap = prefill_cap(measured, self.settings.prefill_budget_ms)
+        return self.settings.context_budget if cap is None else min(cap, self.settings.context_budget)
+
     # --- planning (event loop) --------------------------------------------------------------
 
     def plan(self, document: Document, offset: int, again: bool = False) -> Outcome:
@@ -217,7 +273,7 @@ class Completer:
             state = backend.state.value if backend is not None else "none"
             return Outcome(None, "not-ready", f"model {state}")
 
-        budget = min(settings.context_budget, max(64, backend.context_length - decision.canvas_tokens - 16))
+        budget = min(self.context_budget(), max(64, backend.context_length - decision.canvas_tokens - 16))
         context = build_context(
             document, offset, budget, self.counter, self.documents.others(document.uri), self.root
         )

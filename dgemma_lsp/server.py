@@ -168,6 +168,8 @@ class DgemmaServer(LanguageServer):
             "inflight": len(self.inflight),
             "position_encoding": self.encoding.value,
             "progress": self.load_progress,
+            "context_budget": self.completer.context_budget(),
+            "prefill_ms": getattr(backend, "prefill_ms", None),
             **self.completer.stats.as_dict(),
         }
 

@@ -150,7 +150,7 @@ async def test_remote_backend_suggests_exactly_what_the_in_process_engine_does(
 ):
     # The same document, cursors, checkpoint, seed and steps: remotely, and through the in-process
     # engine. Deadlines are generous so that a loaded machine cannot drop a suggestion on one side.
-    common = {"steps": 2, "seed": 0, "deadlineMs": 60_000}
+    common = {"steps": 2, "seed": 0, "deadlineMs": 60_000, "prefillBudgetMs": 0}  # the same prompts
     await start_session(lsp, capabilities_of("vscode@1.139"), remote_options(remote.url, **common))
     engine_options = {"model": str(checkpoint), "device": "cpu", "dtype": "float32", **common}
     await start_session(local_lsp, capabilities_of("vscode@1.139"), {"dgemma": engine_options})

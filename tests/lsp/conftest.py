@@ -74,8 +74,16 @@ def lsp_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def init_options(model: Path, **settings) -> dict:
-    """Settings for the tiny random model: code actions try more seeds, as its answers rarely parse."""
-    defaults = {"model": str(model), "device": "cpu", "dtype": "float32", "steps": 4, "actionAttempts": 8}
+    """Settings for the tiny random model: code actions try more seeds, as its answers rarely parse.
+    No device-measured context cap: prompts (and so seeded answers) must not depend on the load."""
+    defaults = {
+        "model": str(model),
+        "device": "cpu",
+        "dtype": "float32",
+        "steps": 4,
+        "actionAttempts": 8,
+        "prefillBudgetMs": 0,
+    }
     return {"dgemma": {**defaults, **settings}}
 
 
