@@ -167,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
     traces = []
     for path in choose_files(args, rng):
         text = path.read_text(encoding="utf-8").replace("\r\n", "\n")
-        lines = choose_lines(text, args.lines, rng) if args.scenario != "jump" else []
+        lines = choose_lines(text, args.lines, rng) if args.scenario != "jump" and not args.profile else []
         jumps = choose_jumps(text, args.jumps, rng, lines) if args.scenario != "retype" else []
         if lines or jumps:
             traces.append(Trace(str(path), text, lines, jumps))
@@ -178,9 +178,7 @@ def run(args: argparse.Namespace) -> int:
     if args.deadline_ms:
         settings["deadlineMs"] = args.deadline_ms
     if args.profile:
-        from dgemma_lsp.profile import profile_cold
-
-        return profile_cold(traces, settings, args)
+        return profile_cold(traces, settings)
     return asyncio.run(replay(traces, settings, args))
 
 
@@ -415,3 +413,197 @@ def report(results: dict, first_ms, after: dict, traces, settings, load_s: float
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
         print(f"  figures written to {args.json_out}")
+
+
+# --- --profile: where a cold request's time goes ---------------------------------------------
+
+
+class Clock:
+    """Wall time and this thread's CPU time of a stage, in ms. On a loaded machine the wall time
+    includes waiting for a core; the CPU time of the calling thread (which takes part in every
+    torch operation) is closer to what a quiet machine's wall clock shows."""
+
+    def __init__(self) -> None:
+        self.wall, self.cpu = time.perf_counter(), time.thread_time()
+
+    def read(self) -> tuple[float, float]:
+        return (time.perf_counter() - self.wall) * 1000, (time.thread_time() - self.cpu) * 1000
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def profile_cold(traces: list[Trace], raw_settings: dict) -> int:
+    """Time each stage of a cold request at every jump, in this process (no server, no deadline).
+
+    Also measured: cold prefill time by prompt length, and what two engine-side levers would
+    save: prompt tokens shared with the previous jump's prompt in the current layout (snippets
+    and suffix first, what the engine reuses today) and in a prefix-first layout (file header
+    and prefix window first: the KV of an unchanged document head).
+    """
+    import torch
+
+    from dgemma_lsp.backends.engine import EngineBackend
+    from dgemma_lsp.completion import Completer
+    from dgemma_lsp.documents import DocumentStore
+    from dgemma_lsp.settings import parse_settings
+    from engine.prompting import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, fim_context_text, fim_prompt
+
+    settings, problems = parse_settings({"dgemma": raw_settings})
+    for problem in problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    backend = EngineBackend(settings)
+    clock = Clock()
+    backend.start()
+    if backend.state.value != "ready":
+        print(f"error: the model did not load: {backend.error}", file=sys.stderr)
+        return 1
+    model = backend.model
+    print(
+        f"loaded and warmed up in {clock.read()[0] / 1000:.1f} s: {backend.description}, "
+        f"{torch.get_num_threads()} threads; cold prefill ms by budget length: {backend.prefill_ms}"
+    )
+    store = DocumentStore()
+    completer = Completer(store, settings, backend)
+    print(f"context budget {completer.context_budget()} prompt tokens")
+
+    def prefill(ids: list[int]) -> tuple[float, float]:
+        cache = model.transformer.new_cache()
+        clock = Clock()
+        with torch.inference_mode():
+            model.transformer.encode(torch.tensor([ids], device=model.device), cache)
+        return clock.read()
+
+    rows: list[dict] = []
+    previous: tuple[list[int], ...] | None = None  # prompt ids: current, prefix-first, imports-first
+    for trace in traces:
+        lines = trace.text.split("\n")
+        for number, column in trace.jumps:
+            cut = [*lines[:number], lines[number][:column], *lines[number + 1 :]]
+            document = store.open(Path(trace.path).resolve().as_uri(), "\n".join(cut), "python", 1)
+            offset = sum(len(line) + 1 for line in cut[:number]) + column
+            clock = Clock()
+            outcome = completer.plan(document, offset)
+            plan_ms = clock.read()
+            store.close(document.uri)
+            if outcome.plan is None:
+                continue
+            request = outcome.plan.request
+            clock = Clock()
+            ids = model.fim_prompt_ids(request)
+            tokenise_ms = clock.read()
+            prefill_ms = prefill(ids)
+            model._prompt_cache = None  # cold: nothing to reuse
+            clock = Clock()
+            result = backend.infill(request)
+            infill_ms = clock.read()
+            clock = Clock()
+            suggestion = completer.finish(outcome.plan, result.text)
+            finish_ms = clock.read()
+            header = fim_context_text(request.snippets, request.path)
+            head_first = model.tokenizer.encode(
+                f"{header}{FIM_PREFIX}{request.prefix}{FIM_SUFFIX}{request.suffix}{FIM_MIDDLE}",
+                add_special_tokens=True,
+            )
+            imports = sorted(request.snippets, key=lambda snippet: snippet.kind != "imports")
+            imports_first = model.tokenizer.encode(
+                fim_prompt(request.prefix, request.suffix, imports, request.path), add_special_tokens=True
+            )
+            shared = shared_head = shared_imports = None
+            if previous is not None:
+                shared = _common_prefix(previous[0], ids)
+                shared_head = _common_prefix(previous[1], head_first)
+                shared_imports = _common_prefix(previous[2], imports_first)
+            previous = (ids, head_first, imports_first)
+            steps = result.stats.steps_per_canvas
+            rows.append(
+                {
+                    "plan_ms": plan_ms,
+                    "tokenise_ms": tokenise_ms,
+                    "prefill_ms": prefill_ms,
+                    "denoise_ms": tuple(
+                        max(0.0, i - t - p)
+                        for i, t, p in zip(infill_ms, tokenise_ms, prefill_ms, strict=True)
+                    ),
+                    "finish_ms": finish_ms,
+                    "total_ms": tuple(map(sum, zip(plan_ms, infill_ms, finish_ms, strict=True))),
+                    "prompt_tokens": len(ids),
+                    "steps": sum(steps),
+                    "canvas": request.max_tokens,
+                    "shared_now": shared,
+                    "shared_head_first": shared_head,
+                    "shared_imports_first": shared_imports,
+                    "answered": suggestion is not None,
+                }
+            )
+        previous = None  # another file: nothing in common
+    if not rows:
+        print("error: no request to profile", file=sys.stderr)
+        return 1
+
+    def column(key: str, part: int | None = None) -> list[float]:
+        return [r[key] if part is None else r[key][part] for r in rows if r[key] is not None]
+
+    print(f"\n{len(rows)} cold requests (no deadline): wall p50 / p95, thread CPU p50 / p95")
+    for label, key in (
+        ("context building (decide, tree-sitter, snippets)", "plan_ms"),
+        ("tokenising the prompt", "tokenise_ms"),
+        ("prefill (a fresh KV cache)", "prefill_ms"),
+        ("denoising the canvas (and its overhead)", "denoise_ms"),
+        ("post-processing and validation", "finish_ms"),
+        ("total", "total_ms"),
+    ):
+        wall, cpu = column(key, 0), column(key, 1)
+        print(
+            f"  {label:50} {percentile(wall, 0.5):8.1f} {percentile(wall, 0.95):8.1f} ms"
+            f"   {percentile(cpu, 0.5):8.1f} {percentile(cpu, 0.95):8.1f} ms"
+        )
+    tokens = column("prompt_tokens")
+    print(f"  prompt tokens p50 {percentile(tokens, 0.5):.0f}, max {max(tokens):.0f}")
+    steps = column("steps")
+    print(f"  denoising steps p50 {percentile(steps, 0.5):.0f}; canvases of {sorted(set(column('canvas')))}")
+    print(f"  answered {sum(r['answered'] for r in rows)} of {len(rows)}")
+
+    sample = model.tokenizer.encode(traces[0].text, add_special_tokens=True)
+    while len(sample) < 1024:
+        sample = sample + sample
+    print("\ncold prefill by prompt length, best of 3: wall, thread CPU")
+    per_token = {}
+    for length in (128, 256, 512, 768, 1024):
+        wall, cpu = min(prefill(sample[:length]) for _ in range(3))
+        per_token[length] = cpu / length
+        print(f"  {length:5} tokens  {wall:8.1f} ms  {cpu:8.1f} ms")
+
+    pairs = [r for r in rows if r["shared_now"] is not None]
+    if pairs:
+        prompt = sum(r["prompt_tokens"] for r in pairs)
+        now = sum(r["shared_now"] for r in pairs)
+        head = sum(r["shared_head_first"] for r in pairs)
+        imports = sum(r["shared_imports_first"] for r in pairs)
+        rate = per_token[min(per_token, key=lambda n: abs(n - statistics.median(tokens)))]
+        print(
+            f"\nprompt tokens shared with the previous jump's prompt ({len(pairs)} jumps in the same file):"
+        )
+        print(f"  current layout (snippets, suffix, prefix): {100 * now / prompt:.1f} % (reused today)")
+        print(
+            f"  prefix-first layout (header, prefix, suffix): {100 * head / prompt:.1f} %, "
+            f"about {rate * (head - now) / len(pairs):.1f} ms (thread CPU) of prefill saved per jump"
+        )
+        print(
+            f"  the imports snippet first (same engine layout): {100 * imports / prompt:.1f} %, "
+            f"about {rate * (imports - now) / len(pairs):.1f} ms (thread CPU) saved per jump"
+        )
+    prefills = column("prefill_ms", 1)
+    print(
+        f"\nchunked prefill with cancellation would free the model for a newer request up to a "
+        f"prefill's length sooner: p50 {percentile(prefills, 0.5):.0f} ms, p95 "
+        f"{percentile(prefills, 0.95):.0f} ms (thread CPU) here (on average half that for a request "
+        "superseded mid-prefill)"
+    )
+    return 0

@@ -46,3 +46,18 @@ def test_bench_lsp_prints_both_scenarios_side_by_side(lsp_checkpoint, tmp_path, 
     assert 0 <= retype["served_from_cache"] <= 1 and 0 <= jump["useful_share"] <= jump["shown_share"] <= 1
     # The context budget the server used, capped by the prefill it measured at load.
     assert 128 <= figures["context_budget"] <= 1024 and figures["prefill_ms"]
+
+
+def test_bench_lsp_profile_times_the_stages_of_cold_requests(lsp_checkpoint, tmp_path, capsys):
+    source = tmp_path / "shapes.py"
+    source.write_text(
+        "import math\n\n\ndef area(r):\n    pi = math.pi\n    return pi * r * r\n\n\n"
+        "def perimeter(r):\n    double = 2 * r\n    return math.pi * double\n"
+    )
+    args = ["bench-lsp", "--profile", "--files", str(source), "--jumps", "3", "--model", str(lsp_checkpoint)]
+    assert main([*args, "--steps", "2", "--setting", "prefillBudgetMs=0"]) == 0
+    printed = capsys.readouterr().out
+    assert "3 cold requests" in printed
+    for stage in ("context building", "tokenising", "prefill", "denoising", "post-processing", "total"):
+        assert stage in printed
+    assert "1024 tokens" in printed and "current layout" in printed and "prefix-first layout" in printed
