@@ -125,7 +125,9 @@ class Stats:
         }
 
 
-PREFILL_FLOOR_TOKENS = 128  # the shortest context a device-capped budget goes down to
+# The shortest context a device-capped budget goes down to: below it suggestions lose more
+# than they gain in time (on a quiet 2-core CPU 256 tokens prefill well within 80 ms).
+PREFILL_FLOOR_TOKENS = 256
 
 
 def synthetic_source(tokens: int, count, salt: int) -> str:
@@ -146,8 +148,9 @@ def synthetic_source(tokens: int, count, salt: int) -> str:
 def measure_prefill(
     backend: Backend, budget_tokens: int, budget_ms: float, floor: int = PREFILL_FLOOR_TOKENS
 ) -> dict[int, float]:
-    """Cold-prefill time (ms, the best of at most two tries) by prompt length, from `budget_tokens`
-    down by halves until one fits `budget_ms` or the floor is reached.
+    """Cold-prefill time (ms) by prompt length, from `budget_tokens` down by halves until one
+    fits `budget_ms` or the floor is reached. A length that misses by less than half is tried
+    once more (its first try paid for allocating its buffers); the best try counts.
 
     Each try is a one-token, one-step hole whose prompt shares no prefix with the last one (the
     engine would reuse its KV), so its time is the prefill's plus a near-constant. Run at load,
@@ -157,7 +160,7 @@ def measure_prefill(
     length, salt = max(budget_tokens, 1), 0
     while True:
         best = float("inf")
-        for _ in range(2):  # the first try at a length pays for allocating its buffers
+        for _ in range(2):
             salt += 1
             text = synthetic_source(length, backend.count_tokens, salt)
             request = InfillRequest(
@@ -166,7 +169,7 @@ def measure_prefill(
             started = time.perf_counter()
             backend.infill(request)
             best = min(best, (time.perf_counter() - started) * 1000)
-            if best <= budget_ms:
+            if best <= budget_ms or best > 2 * budget_ms:
                 break
         table[length] = round(best, 1)
         if best <= budget_ms or length <= floor:

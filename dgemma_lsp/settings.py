@@ -86,7 +86,7 @@ class Settings(BaseModel):
         le=60_000,
         description="Time the prefill of a prompt with no reusable KV (a suggestion at a new place) may "
         "take: when the in-process model loads, it measures its prefill and caps `contextBudget` at "
-        "the length that fits (halving from `contextBudget`, 128 at least). 0 = no cap (and "
+        "the length that fits (halving from `contextBudget`, 256 at least). 0 = no cap (and "
         "suggestions repeatable with `seed` across machines).",
     )
     enabled_languages: list[str] = Field(
