@@ -152,6 +152,11 @@ def measure_prefill(
     fits `budget_ms` or the floor is reached. A length that misses by less than half is tried
     once more (its first try paid for allocating its buffers); the best try counts.
 
+    Prefill time grows at least linearly with the length (attention adds a square term), so a
+    length `budget_ms / time` times a measured one surely fits. Halvings more than twice that
+    long are skipped (on the embedded model a halving saves 2-3x, not more), which keeps
+    start-up short on a slow or loaded machine.
+
     Each try is a one-token, one-step hole whose prompt shares no prefix with the last one (the
     engine would reuse its KV), so its time is the prefill's plus a near-constant. Run at load,
     it also warms the kernels and the allocator up at the lengths requests will use.
@@ -174,7 +179,11 @@ def measure_prefill(
         table[length] = round(best, 1)
         if best <= budget_ms or length <= floor:
             return table
-        length = max(floor, length // 2)
+        affordable = length * budget_ms / best
+        shorter = length // 2
+        while shorter // 2 >= floor and shorter > 2 * affordable:
+            shorter //= 2
+        length = max(floor, shorter)
 
 
 def make_hole(document_text: str, offset: int, decision: Decision, indent_unit: str | None) -> Hole:
