@@ -14,7 +14,9 @@ import pytest
 from lsprotocol import types
 from pytest_lsp import LanguageClient
 
+from dgemma_lsp import actions
 from dgemma_lsp.client import server_status as status
+from dgemma_lsp.documents import Document
 from tests.lsp.conftest import (
     add_client_handlers,
     capabilities_of,
@@ -116,3 +118,29 @@ async def test_a_request_during_start_up_for_a_closed_document_stops_waiting(
     assert list((await request).items) == []
     state = await wait_until_ready(fresh_client)
     assert state["waited_for_model"] == 0 and state["model_calls"] == 0, state
+
+
+ADD_JS = "function add(a, b) {\n}\n"
+
+
+async def test_a_code_action_resolved_during_start_up_waits_for_the_model(
+    fresh_client: LanguageClient, lsp_checkpoint
+):
+    # The action as the server would list it (listing needs no model), resolved at once.
+    document = Document("file:///p/add.js", ADD_JS, "javascript", 1)
+    docstring = next(
+        c
+        for c in actions.find_actions(ADD_JS, "javascript", document.tree(), 5, 5)
+        if c.action == "docstring"
+    )
+    data = {"uri": document.uri, "version": 1, "action": "docstring", "range": [5, 5]}
+    data.update(start=docstring.start, end=docstring.end)
+    await initialize(fresh_client, lsp_checkpoint)
+    open_document(fresh_client, document.uri, ADD_JS, "javascript")
+    action = types.CodeAction(title=docstring.title, kind=docstring.kind, data=data)
+    resolving = asyncio.wrap_future(fresh_client.protocol.send_request(types.CODE_ACTION_RESOLVE, action))
+    resolved = await resolving
+    # Not "the model is not loaded yet": it waited, then wrote the docstring.
+    assert resolved.edit is not None, [m.message for m in fresh_client.messages]
+    assert (await status(fresh_client))["state"] == "ready"
+    assert not any("not loaded yet" in m.message for m in fresh_client.messages)
