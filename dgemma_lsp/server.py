@@ -291,7 +291,8 @@ class DgemmaServer(LanguageServer):
         finally:
             self.release(document.uri, token)
         if not ready:
-            self.send_status()  # why the answer is empty: state and load progress
+            if not self.model_settled.is_set():
+                self.send_status()  # why the answer is empty: still loading, and how far
             state = self.backend.state.value if self.backend is not None else "none"
             reason = token.reason if token.cancelled else f"model {state} at the deadline"
             return Outcome(None, "not-ready", reason)
@@ -674,7 +675,11 @@ async def compute_action(ls: DgemmaServer, data: Any) -> tuple[types.WorkspaceEd
     """The edit for an action listed earlier (found again on the current text)."""
     if not isinstance(data, dict) or not isinstance(data.get("uri"), str):
         return None, "this code action has lost its data; ask for code actions again"
-    document = ls.document(data["uri"])
+    deadline = time.monotonic() + ls.settings.action_deadline_ms / 1000
+    if not await ls.wait_for_model(deadline):  # an action asked for during start-up waits for the model
+        ls.send_status()
+        return None, "the model is not loaded yet"
+    document = ls.document(data["uri"])  # read after the wait: the text may have changed meanwhile
     if document is None:
         return None, "the document is no longer open"
     rng = data.get("range") or [data.get("start", 0), data.get("end", 0)]
@@ -687,10 +692,6 @@ async def compute_action(ls: DgemmaServer, data: Any) -> tuple[types.WorkspaceEd
     candidate = next((c for c in candidates if c.action == data.get("action")), None)
     if candidate is None:
         return None, "this code action no longer applies here"
-    deadline = time.monotonic() + ls.settings.action_deadline_ms / 1000
-    if not await ls.wait_for_model(deadline):  # an action asked for during start-up waits for the model
-        ls.send_status()
-        return None, "the model is not loaded yet"
     backend = ls.backend
     token = CancelToken()
     snapshot_text, snapshot_tree, version = (
