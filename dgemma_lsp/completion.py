@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from dgemma_lsp import syntax
 from dgemma_lsp.backends.base import Backend
 from dgemma_lsp.cache import TypingCache
-from dgemma_lsp.context import PromptContext, TokenCounter, build_context
+from dgemma_lsp.context import PromptContext, TokenCounter, build_context, prefill_cap
 from dgemma_lsp.decide import Decision, decide
 from dgemma_lsp.documents import Document, DocumentStore
 from dgemma_lsp.postprocess import Hole, Suggestion, postprocess, trim_to_valid
@@ -85,6 +85,10 @@ class Stats:
     empty: int = 0
     cancelled: int = 0
     deadline: int = 0
+    # Generations the backend stopped between denoising steps (cancelled or out of time), as
+    # opposed to ones that ran to the end and were dropped afterwards.
+    interrupted: int = 0
+    waited_for_model: int = 0  # requests that arrived while the model loaded and waited for it
     errors: int = 0
     skipped: int = 0
     accepted: int = 0
@@ -109,6 +113,8 @@ class Stats:
             "empty": self.empty,
             "cancelled": self.cancelled,
             "deadline_exceeded": self.deadline,
+            "interrupted": self.interrupted,
+            "waited_for_model": self.waited_for_model,
             "errors": self.errors,
             "skipped": self.skipped,
             "accepted": self.accepted,
@@ -117,6 +123,67 @@ class Stats:
             "model_latency_p50_ms": pct(0.5),
             "model_latency_p95_ms": pct(0.95),
         }
+
+
+# The shortest context a device-capped budget goes down to: below it suggestions lose more
+# than they gain in time (on a quiet 2-core CPU 256 tokens prefill well within 80 ms).
+PREFILL_FLOOR_TOKENS = 256
+
+
+def synthetic_source(tokens: int, count, salt: int) -> str:
+    """Plausible code of about `tokens` tokens (in `count`'s tokenizer), different per `salt`."""
+    blocks, used, index = [], 0, 0
+    while used < tokens:
+        block = (
+            f"def step_{salt}_{index}(values, limit={index}):\n"
+            f"    total = sum(v * {index} for v in values if v < limit)\n"
+            f"    return total - {salt}\n\n"
+        )
+        blocks.append(block)
+        used += count(block)
+        index += 1
+    return "".join(blocks)
+
+
+def measure_prefill(
+    backend: Backend, budget_tokens: int, budget_ms: float, floor: int = PREFILL_FLOOR_TOKENS
+) -> dict[int, float]:
+    """Cold-prefill time (ms) by prompt length, from `budget_tokens` down by halves until one
+    fits `budget_ms` or the floor is reached. A length that misses by less than half is tried
+    once more (its first try paid for allocating its buffers); the best try counts.
+
+    Prefill time grows at least linearly with the length (attention adds a square term), so a
+    length `budget_ms / time` times a measured one surely fits. Halvings more than twice that
+    long are skipped (on the embedded model a halving saves 2-3x, not more), which keeps
+    start-up short on a slow or loaded machine.
+
+    Each try is a one-token, one-step hole whose prompt shares no prefix with the last one (the
+    engine would reuse its KV), so its time is the prefill's plus a near-constant. Run at load,
+    it also warms the kernels and the allocator up at the lengths requests will use.
+    """
+    table: dict[int, float] = {}
+    length, salt = max(budget_tokens, 1), 0
+    while True:
+        best = float("inf")
+        for _ in range(2):
+            salt += 1
+            text = synthetic_source(length, backend.count_tokens, salt)
+            request = InfillRequest(
+                prefix=text, suffix=f"{salt} # salt\n", max_tokens=1, num_diffusion_steps=1, seed=0
+            )
+            started = time.perf_counter()
+            backend.infill(request)
+            best = min(best, (time.perf_counter() - started) * 1000)
+            if best <= budget_ms or best > 2 * budget_ms:
+                break
+        table[length] = round(best, 1)
+        if best <= budget_ms or length <= floor:
+            return table
+        affordable = length * budget_ms / best
+        shorter = length // 2
+        while shorter // 2 >= floor and shorter > 2 * affordable:
+            shorter //= 2
+        length = max(floor, shorter)
 
 
 def make_hole(document_text: str, offset: int, decision: Decision, indent_unit: str | None) -> Hole:
@@ -171,11 +238,20 @@ class Completer:
         self._indent_units[document.uri] = (document.edit_count // 50, unit)
         return unit
 
+    def context_budget(self) -> int:
+        """`contextBudget`, capped at what the device prefills within `prefillBudgetMs` (measured
+        when the model loaded; the same cap for every request, so typing still reuses the KV)."""
+        measured = getattr(self.backend, "prefill_ms", None)
+        cap = prefill_cap(measured, self.settings.prefill_budget_ms)
+        return self.settings.context_budget if cap is None else min(cap, self.settings.context_budget)
+
     # --- planning (event loop) --------------------------------------------------------------
 
-    def plan(self, document: Document, offset: int) -> Outcome:
-        """Decide, look in the cache, or build the request. Cheap: no model call."""
-        self.stats.requests += 1
+    def plan(self, document: Document, offset: int, again: bool = False) -> Outcome:
+        """Decide, look in the cache, or build the request. Cheap: no model call. `again`: the
+        same request planned a second time (after waiting for the model), not counted twice."""
+        if not again:
+            self.stats.requests += 1
         settings = self.settings
         if not document.completable:
             self.stats.skipped += 1
@@ -209,7 +285,7 @@ class Completer:
             state = backend.state.value if backend is not None else "none"
             return Outcome(None, "not-ready", f"model {state}")
 
-        budget = min(settings.context_budget, max(64, backend.context_length - decision.canvas_tokens - 16))
+        budget = min(self.context_budget(), max(64, backend.context_length - decision.canvas_tokens - 16))
         context = build_context(
             document, offset, budget, self.counter, self.documents.others(document.uri), self.root
         )
@@ -261,9 +337,11 @@ class Completer:
             result = backend.infill(plan.request)
         except DeadlineExceeded:
             self.stats.deadline += 1
+            self.stats.interrupted += 1
             return Outcome(None, "deadline", "deadline exceeded", plan)
         except GenerationCancelled:
             self.stats.cancelled += 1
+            self.stats.interrupted += 1
             return Outcome(None, "cancelled", token.reason or "cancelled", plan)
         except Exception as error:
             self.stats.errors += 1

@@ -60,6 +60,20 @@ class TokenCounter:
         return len(self._cache)
 
 
+def prefill_cap(prefill_ms: dict[int, float] | None, budget_ms: float) -> int | None:
+    """The context budget a device affords, from measured cold-prefill times by prompt length:
+    the longest measured length whose prefill fits `budget_ms`, else the shortest measured one.
+    None (no cap) when nothing was measured, when there is no time budget, or when the longest
+    measured length fits."""
+    if not prefill_ms or budget_ms <= 0:
+        return None
+    fits = [length for length, ms in prefill_ms.items() if ms <= budget_ms]
+    if not fits:
+        return min(prefill_ms)
+    best = max(fits)
+    return None if best >= max(prefill_ms) else best
+
+
 def estimate_tokens(text: str) -> int:
     """A tokenizer-free estimate (about 3.5 characters per token for code)."""
     return max(1, math.ceil(len(text) / 3.5)) if text else 0

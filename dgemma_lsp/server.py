@@ -8,6 +8,7 @@ guarded so that no request can take the server down.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -102,6 +103,10 @@ class DgemmaServer(LanguageServer):
         self.pending_problems: list[str] = []
         self._shown: set[str] = set()
         self._load_task: asyncio.Future | None = None
+        # Set once no model load is under way (the model is ready, failed, or none is configured);
+        # clear until the first settings arrive and while a model loads. Requests wait on it.
+        self.model_settled = asyncio.Event()
+        self.load_progress: dict | None = None  # {"message", "percentage"} while the model loads
 
     # --- messages to the user ----------------------------------------------------------------
 
@@ -139,9 +144,13 @@ class DgemmaServer(LanguageServer):
         if self.loop is not None and not self.loop.is_closed():
             self.loop.call_soon_threadsafe(fn, *args)
 
-    def send_status(self) -> None:
+    def send_status(self, progress: dict | None = None) -> None:
+        """`progress`: the load step this notification reports (the load thread may be further on)."""
         try:
-            self.protocol.notify(STATUS_NOTIFICATION, self.status())
+            status = self.status()
+            if progress is not None:
+                status["progress"] = progress
+            self.protocol.notify(STATUS_NOTIFICATION, status)
         except Exception:
             logger.debug("could not send the status", exc_info=True)
 
@@ -158,6 +167,9 @@ class DgemmaServer(LanguageServer):
             "token_cache_entries": len(self.completer.counter),
             "inflight": len(self.inflight),
             "position_encoding": self.encoding.value,
+            "progress": self.load_progress,
+            "context_budget": self.completer.context_budget(),
+            "prefill_ms": getattr(backend, "prefill_ms", None),
             **self.completer.stats.as_dict(),
         }
 
@@ -186,10 +198,13 @@ class DgemmaServer(LanguageServer):
             self.backend = None
             self.completer.set_backend(None)
             self.report(str(error))
+            self.model_settled.set()
             return
         self.backend = backend
         self.completer.set_backend(backend)
         if self.loop is not None:
+            self.model_settled.clear()
+            self.load_progress = {"message": "starting", "percentage": 0}
             self._load_task = asyncio.ensure_future(self._load(backend))
 
     async def _load(self, backend: Backend) -> None:
@@ -207,6 +222,9 @@ class DgemmaServer(LanguageServer):
                 progress = False
 
         def on_progress(message: str, percentage: int | None) -> None:
+            # From the load thread: $/progress for clients that show it, dgemma/status for the rest.
+            self.load_progress = {"message": message, "percentage": percentage}
+            self.call_soon(self.send_status, self.load_progress)
             if progress:
                 value = types.WorkDoneProgressReport(message=message, percentage=percentage)
                 self.call_soon(self.work_done_progress.report, token, value)
@@ -216,8 +234,10 @@ class DgemmaServer(LanguageServer):
         await asyncio.get_running_loop().run_in_executor(self.load_executor, backend.start, on_progress)
         seconds = time.monotonic() - started
         if backend is not self.backend:
-            backend.close()  # settings changed while it loaded
+            backend.close()  # settings changed while it loaded (the newer load settles)
             return
+        self.load_progress = None
+        self.model_settled.set()
         self.completer.set_backend(backend)
         if backend.state is BackendState.READY:
             message = f"model ready: {backend.description} (loaded in {seconds:.1f} s)"
@@ -234,15 +254,58 @@ class DgemmaServer(LanguageServer):
     def document(self, uri: str) -> Document | None:
         return self.documents.get(uri)
 
-    async def suggest(self, document: Document, offset: int, started: float) -> Outcome:
-        outcome = self.completer.plan(document, offset)
-        if outcome.plan is None:
-            return outcome
+    def model_ready(self) -> bool:
+        return self.backend is not None and self.backend.state is BackendState.READY
+
+    async def wait_for_model(self, deadline: float, token: CancelToken | None = None) -> bool:
+        """Wait until the model is ready (True), or its load failed, `deadline` (monotonic) passed
+        or `token` was cancelled (False). A request that arrives during start-up waits here
+        instead of getting an empty answer that tells the client nothing."""
+        while not self.model_ready():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self.model_settled.is_set() or (token is not None and token.cancelled):
+                return self.model_ready()
+            # Short slices: a newer request for the document cancels `token` from another task.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.model_settled.wait(), timeout=min(remaining, 0.05))
+        return True
+
+    def supersede(self, uri: str) -> CancelToken:
+        """A token for a new request on `uri`; the document's previous request is cancelled."""
         token = CancelToken()
-        previous = self.inflight.get(document.uri)
+        previous = self.inflight.get(uri)
         if previous is not None:
             previous.cancel("superseded by a newer request")
-        self.inflight[document.uri] = token
+        self.inflight[uri] = token
+        return token
+
+    def release(self, uri: str, token: CancelToken) -> None:
+        if self.inflight.get(uri) is token:
+            del self.inflight[uri]
+
+    async def plan_when_loaded(self, document: Document, offset: int, started: float) -> Outcome:
+        """Plan a request that arrived before the model was ready, once it is (within the deadline)."""
+        token = self.supersede(document.uri)
+        try:
+            ready = await self.wait_for_model(started + self.settings.deadline_ms / 1000, token)
+        finally:
+            self.release(document.uri, token)
+        if not ready:
+            if not self.model_settled.is_set():
+                self.send_status()  # why the answer is empty: still loading, and how far
+            state = self.backend.state.value if self.backend is not None else "none"
+            reason = token.reason if token.cancelled else f"model {state} at the deadline"
+            return Outcome(None, "not-ready", reason)
+        self.completer.stats.waited_for_model += 1
+        return self.completer.plan(document, offset, again=True)
+
+    async def suggest(self, document: Document, offset: int, started: float) -> Outcome:
+        outcome = self.completer.plan(document, offset)
+        if outcome.source == "not-ready":
+            outcome = await self.plan_when_loaded(document, offset, started)
+        if outcome.plan is None:
+            return outcome
+        token = self.supersede(document.uri)
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(
@@ -252,8 +315,7 @@ class DgemmaServer(LanguageServer):
             token.cancel("$/cancelRequest")
             raise
         finally:
-            if self.inflight.get(document.uri) is token:
-                del self.inflight[document.uri]
+            self.release(document.uri, token)
 
     def infill_for_action(self, token: CancelToken, deadline: float) -> tuple[Callable, Callable]:
         """(one hole, several holes) functions for a code action, with its cancel token and deadline."""
@@ -613,7 +675,11 @@ async def compute_action(ls: DgemmaServer, data: Any) -> tuple[types.WorkspaceEd
     """The edit for an action listed earlier (found again on the current text)."""
     if not isinstance(data, dict) or not isinstance(data.get("uri"), str):
         return None, "this code action has lost its data; ask for code actions again"
-    document = ls.document(data["uri"])
+    deadline = time.monotonic() + ls.settings.action_deadline_ms / 1000
+    if not await ls.wait_for_model(deadline):  # an action asked for during start-up waits for the model
+        ls.send_status()
+        return None, "the model is not loaded yet"
+    document = ls.document(data["uri"])  # read after the wait: the text may have changed meanwhile
     if document is None:
         return None, "the document is no longer open"
     rng = data.get("range") or [data.get("start", 0), data.get("end", 0)]
@@ -627,10 +693,7 @@ async def compute_action(ls: DgemmaServer, data: Any) -> tuple[types.WorkspaceEd
     if candidate is None:
         return None, "this code action no longer applies here"
     backend = ls.backend
-    if backend is None or backend.state is not BackendState.READY:
-        return None, "the model is not loaded yet"
     token = CancelToken()
-    deadline = time.monotonic() + ls.settings.action_deadline_ms / 1000
     snapshot_text, snapshot_tree, version = (
         document.text,
         (tree.copy() if tree is not None else None),

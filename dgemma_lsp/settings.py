@@ -80,6 +80,15 @@ class Settings(BaseModel):
     context_budget: int = Field(
         1024, ge=64, le=131_072, description="Prompt tokens for prefix, suffix and context snippets."
     )
+    prefill_budget_ms: int = Field(
+        80,
+        ge=0,
+        le=60_000,
+        description="Time the prefill of a prompt with no reusable KV (a suggestion at a new place) may "
+        "take: when the in-process model loads, it measures its prefill and caps `contextBudget` at "
+        "the length that fits (halving from `contextBudget`, 256 at least). 0 = no cap (and "
+        "suggestions repeatable with `seed` across machines).",
+    )
     enabled_languages: list[str] = Field(
         default_factory=lambda: ["*"], description="LSP language ids to serve; `*` = all."
     )

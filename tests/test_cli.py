@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
 import pytest
+
+from engine import DiffusionConfig, DiffusionGemmaModel
 
 
 def dgemma(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -20,12 +23,27 @@ def dgemma(*args: str, env: dict | None = None, timeout: int = 300) -> subproces
     )
 
 
+STATS_LINE = re.compile(r"\[(\d+) tokens, (\d+) canvas\(es\), steps per canvas \[([\d, ]*)\], ")
+
+
 def test_generate_prints_text_and_stats(tiny_checkpoint):
-    out = dgemma(
-        "generate", "def add(a, b):", "--model", str(tiny_checkpoint), "--steps", "2", "--max-tokens", "20"
-    )
+    args = ("def add(a, b):", "--model", str(tiny_checkpoint), "--steps", "2", "--max-tokens", "20")
+    out = dgemma("generate", *args, "--seed", "7")
     assert out.returncode == 0, out.stderr
-    assert "20 tokens" in out.stderr and "steps per canvas [2, 2]" in out.stderr
+    # What holds for every draw: a random model may meet <eos> in any canvas (20 tokens are two
+    # canvases of 16 unless it does), and each canvas runs at most the 2 steps asked for.
+    stats = STATS_LINE.search(out.stderr)
+    assert stats is not None, out.stderr
+    tokens, canvases = int(stats[1]), int(stats[2])
+    steps = [int(s) for s in stats[3].split(",") if s.strip()]
+    assert 0 <= tokens <= 20 and canvases == len(steps) and 1 <= canvases <= 2
+    assert all(1 <= s <= 2 for s in steps)
+    if tokens == 20:
+        assert canvases == 2
+    # The printed text is the SDK's for the same seed.
+    model = DiffusionGemmaModel.from_pretrained(tiny_checkpoint, config=DiffusionConfig(seed=7))
+    assert out.stdout == model.generate("def add(a, b):", max_tokens=20, num_diffusion_steps=2) + "\n"
+    assert model.last_stats.generated_tokens == tokens
 
 
 def test_generate_chat_with_a_system_prompt(tiny_checkpoint):

@@ -12,6 +12,7 @@ class EngineBackend(Backend):
     def __init__(self, settings):
         super().__init__(settings)
         self.model = None
+        self.prefill_ms: dict[int, float] | None = None  # cold-prefill time by prompt length
 
     def load(self, progress: ProgressCallback) -> None:
         progress("importing the engine", 5)
@@ -26,8 +27,17 @@ class EngineBackend(Backend):
         self.model = DiffusionGemmaModel.from_pretrained(self.settings.model, config=config)
 
     def warmup(self) -> None:
-        if self.model is not None:
-            self.model.warmup()
+        if self.model is None:
+            return
+        self.model.warmup()
+        if self.settings.prefill_budget_ms > 0:
+            # What a cold prefill costs on this device, at the lengths requests will use (and a
+            # warm-up at them): the completer caps its context budget with it.
+            from dgemma_lsp.completion import measure_prefill
+
+            self.prefill_ms = measure_prefill(
+                self, self.settings.context_budget, self.settings.prefill_budget_ms
+            )
 
     def infill(self, request: InfillRequest) -> InfillResult:
         if self.model is None:

@@ -33,6 +33,7 @@ def model_settings(model: str | None, tiny: bool) -> dict:
     settings: dict = {
         "device": "cpu",
         "seed": 0,  # repeatable suggestions
+        "prefillBudgetMs": 0,  # and prompts that do not depend on how loaded the machine is
         # Generous budgets: the test machines are small and shared; late suggestions are dropped.
         "deadlineMs": 30_000,
         "actionDeadlineMs": 180_000,

@@ -132,10 +132,8 @@ def test_cancelling_closes_the_connection_and_stops_the_server(start_server, mak
     backend = make_backend(endpoint=live.url, remote_mode="chat")
     cancelled = threading.Event()
     threading.Timer(0.3, cancelled.set).start()
-    started = time.monotonic()
     with pytest.raises(GenerationCancelled):
         backend.infill(request(max_tokens=256, num_diffusion_steps=256, should_stop=cancelled.is_set))
-    assert time.monotonic() - started < 5
     assert live.wait_metric("dgemma_requests_cancelled_total", 1, reason="disconnect") == 1
     # The backend stays usable.
     assert isinstance(backend.infill(request()).text, str)

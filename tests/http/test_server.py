@@ -492,10 +492,8 @@ def test_stopping_the_server_stops_a_running_generation(start_server):
     caller = threading.Thread(target=lambda: httpx.post(f"{live.url}/completions", json=LONG, timeout=60))
     caller.start()
     live.wait_metric("dgemma_requests_running", 1)
-    started = time.monotonic()
     live.__exit__(None, None, None)
     assert not live.app.state.scheduler.alive
-    assert time.monotonic() - started < 10  # the 16 canvases would take far longer
     registry = live.app.state.metrics.registry
     assert registry.get_sample_value("dgemma_canvases_total") < 8
     caller.join(60)

@@ -74,8 +74,16 @@ def lsp_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def init_options(model: Path, **settings) -> dict:
-    """Settings for the tiny random model: code actions try more seeds, as its answers rarely parse."""
-    defaults = {"model": str(model), "device": "cpu", "dtype": "float32", "steps": 4, "actionAttempts": 8}
+    """Settings for the tiny random model: code actions try more seeds, as its answers rarely parse.
+    No device-measured context cap: prompts (and so seeded answers) must not depend on the load."""
+    defaults = {
+        "model": str(model),
+        "device": "cpu",
+        "dtype": "float32",
+        "steps": 4,
+        "actionAttempts": 8,
+        "prefillBudgetMs": 0,
+    }
     return {"dgemma": {**defaults, **settings}}
 
 
@@ -92,6 +100,7 @@ def add_client_handlers(client: LanguageClient) -> None:
     the server's status notifications, apply workspace edits."""
     client.registrations = []  # type: ignore[attr-defined]
     client.statuses = []  # type: ignore[attr-defined]
+    client.status_updates = []  # type: ignore[attr-defined]
     client.applied_edits = []  # type: ignore[attr-defined]
 
     @client.feature(types.CLIENT_REGISTER_CAPABILITY)
@@ -102,6 +111,7 @@ def add_client_handlers(client: LanguageClient) -> None:
     def status(ls: LanguageClient, params) -> None:
         state = params.get("state") if isinstance(params, dict) else getattr(params, "state", None)
         ls.statuses.append(state)  # type: ignore[attr-defined]
+        ls.status_updates.append(params)  # type: ignore[attr-defined]
 
     @client.feature(types.WORKSPACE_APPLY_EDIT)
     def apply_edit(
@@ -134,6 +144,28 @@ async def wait_until_ready(client: LanguageClient, timeout: float = 60.0) -> dic
             return status
         await asyncio.sleep(0.1)
     raise TimeoutError(f"the model did not load in {timeout} s: {status}")
+
+
+async def wait_for_status(client: LanguageClient, condition, timeout: float = 60.0) -> dict:
+    """Poll `dgemma.status` until `condition(status)` holds: for work the server finishes after it
+    has answered (a cancelled generation stops at its next denoising step)."""
+    end = time.monotonic() + timeout
+    status: dict = {}
+    while time.monotonic() < end:
+        status = await server_status(client)
+        if status and condition(status):
+            return status
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"the server's status did not reach the condition in {timeout} s: {status}")
+
+
+async def wait_for(condition, timeout: float = 30.0) -> None:
+    """Wait until a client-side `condition()` holds (notifications arrive asynchronously)."""
+    end = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > end:
+            raise TimeoutError("the condition did not hold in time")
+        await asyncio.sleep(0.05)
 
 
 async def raw_request(client: LanguageClient, method: str, params) -> object:

@@ -11,7 +11,7 @@ from engine.cli import main
 pytestmark = pytest.mark.timeout(120)
 
 
-def test_bench_lsp_prints_latency_cache_and_parse_figures(lsp_checkpoint, tmp_path, capsys):
+def test_bench_lsp_prints_both_scenarios_side_by_side(lsp_checkpoint, tmp_path, capsys):
     source = tmp_path / "shapes.py"
     source.write_text("def area(r):\n    pi = 3.14159\n    return pi * r * r\n")
     out = tmp_path / "figures.json"
@@ -21,6 +21,8 @@ def test_bench_lsp_prints_latency_cache_and_parse_figures(lsp_checkpoint, tmp_pa
             "--files",
             str(source),
             "--lines",
+            "1",
+            "--jumps",
             "1",
             "--model",
             str(lsp_checkpoint),
@@ -32,8 +34,30 @@ def test_bench_lsp_prints_latency_cache_and_parse_figures(lsp_checkpoint, tmp_pa
     )
     assert code == 0
     printed = capsys.readouterr().out
-    for label in ("inline latency p50 / p95", "served from cache", "leave the file parseable"):
+    for label in ("inline latency p50", "answered", "useful", "leave the file parseable", "first request"):
         assert label in printed
+    assert "jump" in printed and "retype" in printed
     figures = json.loads(out.read_text())
-    assert figures["lines"] == 1 and figures["requests"] >= 8
-    assert figures["latency_p50_ms"] > 0 and 0 <= figures["served_from_cache"] <= 1
+    # Two code lines: one retyped (a request per character), the other jumped to (one request).
+    assert figures["lines"] == 1 and figures["jumps"] == 1
+    jump, retype = figures["scenarios"]["jump"], figures["scenarios"]["retype"]
+    assert jump["requests"] == 1 and figures["first_request_ms"] == jump["latency_p50_ms"] > 0
+    assert retype["requests"] >= 8 and figures["requests"] == retype["requests"]
+    assert 0 <= retype["served_from_cache"] <= 1 and 0 <= jump["useful_share"] <= jump["shown_share"] <= 1
+    # The context budget the server used, capped by the prefill it measured at load.
+    assert 256 <= figures["context_budget"] <= 1024 and figures["prefill_ms"]
+
+
+def test_bench_lsp_profile_times_the_stages_of_cold_requests(lsp_checkpoint, tmp_path, capsys):
+    source = tmp_path / "shapes.py"
+    source.write_text(
+        "import math\n\n\ndef area(r):\n    pi = math.pi\n    return pi * r * r\n\n\n"
+        "def perimeter(r):\n    double = 2 * r\n    return math.pi * double\n"
+    )
+    args = ["bench-lsp", "--profile", "--files", str(source), "--jumps", "3", "--model", str(lsp_checkpoint)]
+    assert main([*args, "--steps", "2", "--setting", "prefillBudgetMs=0"]) == 0
+    printed = capsys.readouterr().out
+    assert "3 cold requests" in printed
+    for stage in ("context building", "tokenising", "prefill", "denoising", "post-processing", "total"):
+        assert stage in printed
+    assert "1024 tokens" in printed and "current layout" in printed and "prefix-first layout" in printed

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dgemma_lsp.context import TokenCounter, build_context, estimate_tokens
+from dgemma_lsp.context import TokenCounter, build_context, estimate_tokens, prefill_cap
 from dgemma_lsp.documents import Document
 from dgemma_lsp.positions import Encoding
 from engine.prompting import FIM_MIDDLE, fim_prompt
@@ -142,3 +142,13 @@ def test_token_counter_caches_and_falls_back_on_errors():
     count("x")
     count("y")
     assert len(count) <= 2
+
+
+def test_the_device_cap_is_the_longest_measured_prefill_that_fits():
+    measured = {1024: 300.0, 512: 120.0, 256: 50.0}
+    assert prefill_cap(measured, 80) == 256
+    assert prefill_cap(measured, 120) == 512
+    assert prefill_cap(measured, 10) == 256  # nothing fits: the shortest length measured
+    assert prefill_cap(measured, 500) is None  # the whole budget fits: no cap
+    assert prefill_cap({1024: 40.0}, 80) is None
+    assert prefill_cap(measured, 0) is None and prefill_cap(None, 80) is None and prefill_cap({}, 80) is None

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import sysconfig
-import time
 from pathlib import Path
 
 import pytest
@@ -29,6 +28,8 @@ from tests.lsp.conftest import (
     open_document,
     raw_request,
     start_session,
+    wait_for,
+    wait_for_status,
     wait_until_ready,
 )
 
@@ -121,9 +122,15 @@ async def test_vscode_capabilities_progress_and_status(vscode: LanguageClient):
 
     state = await wait_until_ready(vscode)
     assert state["state"] == "ready", state
-    # $/progress from begin to end, and the status notification for status bars.
-    await asyncio.sleep(0.2)
-    reports = [r for values in vscode.progress_reports.values() for r in values]
+
+    # $/progress from begin to end, and the status notification for status bars (both are sent
+    # after the state turns ready, so wait for them rather than for a fixed time).
+    def reports() -> list:
+        return [r for values in vscode.progress_reports.values() for r in values]
+
+    await wait_for(lambda: any(isinstance(r, types.WorkDoneProgressEnd) for r in reports()))
+    await wait_for(lambda: "ready" in vscode.statuses)
+    reports = reports()
     assert isinstance(reports[0], types.WorkDoneProgressBegin)
     assert isinstance(reports[-1], types.WorkDoneProgressEnd) and "ready" in reports[-1].message
     assert "ready" in vscode.statuses
@@ -224,7 +231,7 @@ async def slow_session(client: LanguageClient, checkpoint) -> types.InlineComple
     await start_session(
         client,
         capabilities_of("vscode@1.139"),
-        init_options(checkpoint, steps=256, deadlineMs=60_000, singleLineTokens=64),
+        init_options(checkpoint, steps=256, deadlineMs=60_000, singleLineTokens=64, seed=0),
     )
     await wait_until_ready(client)
     text, position = typing_state(TEXTWRAP.read_text(), "chunks = ")
@@ -241,34 +248,33 @@ async def test_cancel_request_stops_the_engine_between_steps(fresh_client: Langu
     future = fresh_client.protocol.send_request(
         types.TEXT_DOCUMENT_INLINE_COMPLETION, params, msg_id="slow-1"
     )
-    await asyncio.sleep(0.5)
-    started = time.monotonic()
+    await wait_for_status(fresh_client, lambda s: s["model_calls"] == 1)  # the engine is at work
     fresh_client.protocol.notify(types.CANCEL_REQUEST, types.CancelParams(id="slow-1"))
     with pytest.raises(JsonRpcException) as error:
         await asyncio.wrap_future(future)
     assert error.value.code == types.LSPErrorCodes.RequestCancelled
-    # The model is free again at once: the cancelled generation stopped between steps.
+    # The engine stopped between steps: a generation that ran its 256 steps to the end and was
+    # dropped afterwards would count as cancelled but not as interrupted.
+    state = await wait_for_status(fresh_client, lambda s: s["interrupted"] >= 1)
+    assert state["cancelled"] >= 1 and state["errors"] == 0
     fresh_client.workspace_did_change_configuration(
         types.DidChangeConfigurationParams(settings={"dgemma": {"steps": 2, "singleLineTokens": 8}})
     )
     result = await inline(fresh_client, URI, params.position)
     assert isinstance(result, types.InlineCompletionList)
-    assert time.monotonic() - started < 4.0
-    state = await status(fresh_client)
-    assert state["cancelled"] >= 1 and state["errors"] == 0
+    assert (await status(fresh_client))["model_calls"] == 2
 
 
 async def test_a_newer_request_for_the_same_document_cancels_the_older(
     fresh_client: LanguageClient, lsp_checkpoint
 ):
     params = await slow_session(fresh_client, lsp_checkpoint)
-    started = time.monotonic()
     older = fresh_client.protocol.send_request(types.TEXT_DOCUMENT_INLINE_COMPLETION, params, msg_id="older")
-    await asyncio.sleep(0.5)
+    await wait_for_status(fresh_client, lambda s: s["model_calls"] == 1)  # the engine is at work
     newer = fresh_client.protocol.send_request(types.TEXT_DOCUMENT_INLINE_COMPLETION, params, msg_id="newer")
     result = await asyncio.wrap_future(older)
     assert isinstance(result, types.InlineCompletionList) and list(result.items) == []
-    assert time.monotonic() - started < 4.0
+    assert (await status(fresh_client))["interrupted"] == 1  # stopped between steps, not run out
     fresh_client.protocol.notify(types.CANCEL_REQUEST, types.CancelParams(id="newer"))
     with pytest.raises(JsonRpcException):
         await asyncio.wrap_future(newer)
@@ -486,12 +492,10 @@ async def test_every_code_action_returns_an_edit_that_parses(
             line=text[:sel_end].count("\n"), character=sel_end - (text.rfind("\n", 0, sel_end) + 1)
         )
     calls_before = (await status(vscode))["model_calls"]
-    started = time.monotonic()
     listed = await list_actions(vscode, uri, start, end)
-    assert time.monotonic() - started < 1.0, "listing must be cheap"
     assert {a.kind for a in listed} == kinds
     assert all(a.edit is None and a.data is not None for a in listed), "computed on resolve, not when listed"
-    assert (await status(vscode))["model_calls"] == calls_before
+    assert (await status(vscode))["model_calls"] == calls_before, "listing must be cheap"
     baseline = syntax.text_error_count(language, text)
     for action in listed:
         resolved = await vscode.code_action_resolve_async(action)
@@ -507,7 +511,7 @@ async def test_code_actions_for_clients_without_resolve_apply_through_a_command(
     caps = capabilities_of("neovim@0.11")
     caps.text_document.code_action.resolve_support = None
     caps.text_document.code_action.data_support = False
-    await start_session(fresh_client, caps, init_options(lsp_checkpoint))
+    await start_session(fresh_client, caps, init_options(lsp_checkpoint, seed=0))
     await wait_until_ready(fresh_client)
     uri = "file:///p/add.js"
     open_document(fresh_client, uri, ACTIONS_JS, "javascript")
