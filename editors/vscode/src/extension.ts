@@ -1,6 +1,7 @@
 // dgemma for VS Code: starts `dgemma-lsp` and lets vscode-languageclient (11+) turn its LSP inline
 // completions into ghost text (Tab accepts) and its refactor code actions into lightbulb entries.
-// This file adds the settings plumbing, a status bar item and three commands.
+// This file adds the settings plumbing, a status bar item and the commands; installer.ts sets up
+// the server on first start unless the user named one.
 import * as vscode from 'vscode';
 import {
   ExecuteCommandRequest,
@@ -11,14 +12,17 @@ import {
   State,
   TransportKind,
 } from 'vscode-languageclient/node';
+import { InstallError, ensureManagedServer } from './installer';
 import {
   ClientPhase,
   LatencyTracker,
+  ServerLaunch,
   ServerStatus,
   removedSinceStart,
   serverLaunch,
   serverSettings,
   statusView,
+  userChoseServer,
 } from './logic';
 
 const SECTION = 'dgemma';
@@ -37,6 +41,7 @@ export const LANGUAGES = [
 ];
 
 let client: LanguageClient | undefined;
+let extensionContext: vscode.ExtensionContext;
 let output: vscode.LogOutputChannel;
 let statusItem: vscode.StatusBarItem;
 let phase: ClientPhase = 'starting';
@@ -83,13 +88,38 @@ function refreshStatus(): void {
     view.state === 'error' ? new vscode.ThemeColor('statusBarItem.errorBackground') : undefined;
 }
 
-function createClient(): LanguageClient {
-  const launch = serverLaunch({
+/**
+ * The server the user named (`server.pythonPath` or `server.command`), else the one in the
+ * extension's own environment, installed first when needed.
+ */
+async function resolveLaunch(forceInstall = false): Promise<ServerLaunch> {
+  const settings = {
     command: config().get<string>('server.command'),
     pythonPath: config().get<string>('server.pythonPath'),
     args: config().get<unknown>('server.args'),
     logLevel: config().get<string>('server.logLevel'),
-  });
+  };
+  if (userChoseServer(settings)) {
+    return serverLaunch(settings);
+  }
+  const server = await ensureManagedServer(
+    extensionContext,
+    output,
+    {
+      python: config().get<string>('server.install.python'),
+      pipArgs: config().get<unknown>('server.install.pipArgs'),
+      force: forceInstall,
+    },
+    () => {
+      phase = 'installing';
+      refreshStatus();
+    },
+  );
+  return serverLaunch({ ...settings, command: server, pythonPath: undefined });
+}
+
+function createClient(launch: ServerLaunch): LanguageClient {
+  output.info(`starting the server: ${launch.command} ${launch.args.join(' ')}`);
   const serverOptions: ServerOptions = {
     command: launch.command,
     args: launch.args,
@@ -153,14 +183,40 @@ function createClient(): LanguageClient {
   return created;
 }
 
-async function startClient(): Promise<void> {
+async function startClient(forceInstall = false): Promise<void> {
   stopping = false;
   clientError = undefined;
   serverStatus = undefined;
   tracker.reset();
   phase = 'starting';
   refreshStatus();
-  client = createClient();
+  let launch: ServerLaunch;
+  try {
+    launch = await resolveLaunch(forceInstall);
+  } catch (error) {
+    phase = 'failed';
+    clientError = error instanceof Error ? error.message : String(error);
+    refreshStatus();
+    output.error(`installing the server failed: ${clientError}`);
+    const retry = error instanceof InstallError && clientError === 'cancelled' ? [] : ['Retry'];
+    const choice = await vscode.window.showErrorMessage(
+      `dgemma: the language server could not be installed (${clientError}).`,
+      ...retry,
+      'Show Log',
+      'Open Settings',
+    );
+    if (choice === 'Retry') {
+      await startClient(forceInstall);
+    } else if (choice === 'Show Log') {
+      output.show(true);
+    } else if (choice === 'Open Settings') {
+      await vscode.commands.executeCommand('workbench.action.openSettings', 'dgemma.server');
+    }
+    return;
+  }
+  phase = 'starting';
+  refreshStatus();
+  client = createClient(launch);
   try {
     await client.start();
   } catch (error) {
@@ -204,6 +260,11 @@ async function restart(): Promise<void> {
   await startClient();
 }
 
+async function reinstall(): Promise<void> {
+  await stopClient();
+  await startClient(true);
+}
+
 async function toggle(): Promise<void> {
   const inspected = config().inspect<boolean>('enabled');
   const target =
@@ -231,6 +292,7 @@ async function showMenu(): Promise<void> {
   const items: (vscode.QuickPickItem & { command: string })[] = [
     { label: enabled() ? 'Turn suggestions off' : 'Turn suggestions on', command: 'dgemma.toggleSuggestions' },
     { label: 'Restart the server', command: 'dgemma.restartServer' },
+    { label: 'Reinstall the server', command: 'dgemma.reinstallServer' },
     { label: 'Show the server log', command: 'dgemma.showLog' },
     { label: 'Show the server status', command: 'dgemma.showServerStatus' },
   ];
@@ -241,6 +303,7 @@ async function showMenu(): Promise<void> {
 }
 
 export async function activate(context: vscode.ExtensionContext): Promise<void> {
+  extensionContext = context;
   output = vscode.window.createOutputChannel('dgemma', { log: true });
   statusItem = vscode.window.createStatusBarItem('dgemma.status', vscode.StatusBarAlignment.Right, 100);
   statusItem.name = 'dgemma';
@@ -253,6 +316,7 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
     statusItem,
     vscode.commands.registerCommand('dgemma.toggleSuggestions', toggle),
     vscode.commands.registerCommand('dgemma.restartServer', restart),
+    vscode.commands.registerCommand('dgemma.reinstallServer', reinstall),
     vscode.commands.registerCommand('dgemma.showLog', () => output.show(true)),
     vscode.commands.registerCommand('dgemma.showServerStatus', showServerStatus),
     vscode.commands.registerCommand('dgemma.showMenu', showMenu),
@@ -269,7 +333,7 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
       refreshStatus();
     }),
   );
-  await startClient();
+  void startClient(); // not awaited: a first start installs the server for minutes
 }
 
 export async function deactivate(): Promise<void> {
