@@ -199,19 +199,18 @@ async function startClient(forceInstall = false): Promise<void> {
     refreshStatus();
     output.error(`installing the server failed: ${clientError}`);
     const retry = error instanceof InstallError && clientError === 'cancelled' ? [] : ['Retry'];
-    const choice = await vscode.window.showErrorMessage(
-      `dgemma: the language server could not be installed (${clientError}).`,
-      ...retry,
-      'Show Log',
-      'Open Settings',
-    );
-    if (choice === 'Retry') {
-      await startClient(forceInstall);
-    } else if (choice === 'Show Log') {
-      output.show(true);
-    } else if (choice === 'Open Settings') {
-      await vscode.commands.executeCommand('workbench.action.openSettings', 'dgemma.server');
-    }
+    // Not awaited: a restart must not wait for the user to answer.
+    void vscode.window
+      .showErrorMessage(`dgemma: the language server could not be installed (${clientError}).`, ...retry, 'Show Log', 'Open Settings')
+      .then(async (choice) => {
+        if (choice === 'Retry') {
+          await serially(() => startClient(forceInstall));
+        } else if (choice === 'Show Log') {
+          output.show(true);
+        } else if (choice === 'Open Settings') {
+          await vscode.commands.executeCommand('workbench.action.openSettings', 'dgemma.server');
+        }
+      });
     return;
   }
   phase = 'starting';
@@ -224,17 +223,20 @@ async function startClient(forceInstall = false): Promise<void> {
     clientError = error instanceof Error ? error.message : String(error);
     refreshStatus();
     output.appendLine(`dgemma-lsp did not start: ${clientError}`);
-    const choice = await vscode.window.showErrorMessage(
-      `dgemma: the language server did not start (${clientError}). Is dgemma-lsp installed? ` +
-        'Set "dgemma.server.command" or "dgemma.server.pythonPath".',
-      'Open Settings',
-      'Show Log',
-    );
-    if (choice === 'Open Settings') {
-      await vscode.commands.executeCommand('workbench.action.openSettings', 'dgemma.server');
-    } else if (choice === 'Show Log') {
-      output.show(true);
-    }
+    void vscode.window
+      .showErrorMessage(
+        `dgemma: the language server did not start (${clientError}). Check "dgemma.server.command" ` +
+          'and "dgemma.server.pythonPath", or leave both empty for the server the extension installs.',
+        'Open Settings',
+        'Show Log',
+      )
+      .then(async (choice) => {
+        if (choice === 'Open Settings') {
+          await vscode.commands.executeCommand('workbench.action.openSettings', 'dgemma.server');
+        } else if (choice === 'Show Log') {
+          output.show(true);
+        }
+      });
   }
 }
 
@@ -255,14 +257,26 @@ async function stopClient(): Promise<void> {
   await old.dispose().catch(() => undefined);
 }
 
-async function restart(): Promise<void> {
-  await stopClient();
-  await startClient();
+/** Starts and stops run one after another: a restart asked during a first-start install waits
+ * for it instead of starting a second client. */
+let lifecycle: Promise<void> = Promise.resolve();
+function serially(step: () => Promise<void>): Promise<void> {
+  lifecycle = lifecycle.then(step, step);
+  return lifecycle;
 }
 
-async function reinstall(): Promise<void> {
-  await stopClient();
-  await startClient(true);
+function restart(): Promise<void> {
+  return serially(async () => {
+    await stopClient();
+    await startClient();
+  });
+}
+
+function reinstall(): Promise<void> {
+  return serially(async () => {
+    await stopClient();
+    await startClient(true);
+  });
 }
 
 async function toggle(): Promise<void> {
@@ -333,9 +347,9 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
       refreshStatus();
     }),
   );
-  void startClient(); // not awaited: a first start installs the server for minutes
+  void serially(() => startClient()); // not awaited: a first start installs the server for minutes
 }
 
 export async function deactivate(): Promise<void> {
-  await stopClient();
+  await stopClient(); // at once: the editor waits only seconds for this
 }
