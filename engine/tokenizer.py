@@ -5,6 +5,8 @@ transformers gives it: the tokenizer's own post-processor (e.g. Gemma's `<bos>`)
 rendered by the chat template already carries its special tokens and is encoded without adding
 them again. The template (`chat_template.jinja`, or `chat_template` in `tokenizer_config.json`) is
 rendered with Jinja2 in a sandbox, with the same options and helpers transformers provides.
+A checkpoint with FIM tokens and no template of its own (the embedded model) gets the code-chat
+template of engine/templates/code_chat.jinja: the conversation as a Python file to fill.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from tokenizers import Tokenizer as HFTokenizer
 
 from engine.errors import CheckpointError, ConfigError
 from engine.prompting import FIM_TOKENS
+
+CODE_CHAT_TEMPLATE = Path(__file__).with_name("templates") / "code_chat.jinja"
 
 
 def _raise_exception(message: str) -> None:
@@ -93,6 +97,8 @@ class Tokenizer:
         jinja_path = folder / "chat_template.jinja"
         if jinja_path.is_file():
             template = jinja_path.read_text(encoding="utf-8")
+        if not template and all(backend.token_to_id(t) is not None for t in FIM_TOKENS):
+            template = CODE_CHAT_TEMPLATE.read_text(encoding="utf-8")
         return cls(backend, template, special)
 
     # ---- ids -------------------------------------------------------------------------------

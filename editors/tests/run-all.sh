@@ -55,9 +55,11 @@ pytest_one() { "$PY" -m pytest -q -rs -p no:cacheprovider "$@"; }
 run settings-contract   pytest_one tests/editors/test_settings_contract.py
 run neovim-0.11         pytest_one tests/editors/test_neovim011.py
 run neovim-0.12         pytest_one tests/editors/test_neovim012.py
+run neovim-install      pytest_one tests/editors/test_neovim_install.py
 run emacs-eglot         pytest_one tests/editors/test_emacs.py
 run vscode-extension    pytest_one tests/editors/test_vscode.py -k "not end_to_end"
 run vscode-e2e          bash editors/vscode/e2e/run-e2e.sh
+run vscode-self-install bash editors/vscode/e2e/run-e2e.sh --self-install
 
 echo
 echo "editor tests: $failed failed (logs in $LOGS)"

@@ -68,6 +68,8 @@ def test_vscode_extension_only_settings_are_outside_the_server_section():
             "dgemma.server.pythonPath",
             "dgemma.server.args",
             "dgemma.server.logLevel",
+            "dgemma.server.install.python",
+            "dgemma.server.install.pipArgs",
             "dgemma.statusBar.slowMs",
             "dgemma.trace.server",
         ]

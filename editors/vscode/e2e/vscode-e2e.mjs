@@ -161,13 +161,34 @@ try {
   await openFile('typing.py');
   const firstStatus = await waitFor(statusText, 60000, 'the dgemma status bar item');
   log('status bar:', firstStatus);
+  if (env.DGEMMA_E2E_EXPECT_INSTALL === '1') {
+    // A clean profile with no server named: the extension installs its own, with a progress
+    // notification, then starts it.
+    report.statusInstalling = await waitFor(
+      async () => ((await statusText()) === 'dgemma: installing' ? 'dgemma: installing' : null),
+      60000,
+      'status "dgemma: installing"',
+    );
+    report.installProgress = await waitFor(
+      () =>
+        page
+          .$$eval('.notification-toast .notification-list-item-message', (els) =>
+            els.map((e) => (e.textContent ?? '').trim()).find((t) => t.includes('installing the language server')),
+          )
+          .catch(() => undefined),
+      60000,
+      'the install progress notification',
+    );
+    await shot('0-installing');
+    log('installing:', report.installProgress);
+  }
   const ready = await waitFor(
     async () => {
       const text = await statusText();
       if (text && /error/.test(text)) throw new Error(`status bar shows ${text}`);
       return text === 'dgemma' ? text : null;
     },
-    300000,
+    Number(env.DGEMMA_E2E_READY_MS ?? 300000),
     'status "dgemma" (model ready)',
   );
   report.statusReady = ready;

@@ -1,6 +1,7 @@
 // dgemma for VS Code: starts `dgemma-lsp` and lets vscode-languageclient (11+) turn its LSP inline
 // completions into ghost text (Tab accepts) and its refactor code actions into lightbulb entries.
-// This file adds the settings plumbing, a status bar item and three commands.
+// This file adds the settings plumbing, a status bar item and the commands; installer.ts sets up
+// the server on first start unless the user named one.
 import * as vscode from 'vscode';
 import {
   ExecuteCommandRequest,
@@ -11,14 +12,17 @@ import {
   State,
   TransportKind,
 } from 'vscode-languageclient/node';
+import { InstallError, ensureManagedServer } from './installer';
 import {
   ClientPhase,
   LatencyTracker,
+  ServerLaunch,
   ServerStatus,
   removedSinceStart,
   serverLaunch,
   serverSettings,
   statusView,
+  userChoseServer,
 } from './logic';
 
 const SECTION = 'dgemma';
@@ -37,6 +41,7 @@ export const LANGUAGES = [
 ];
 
 let client: LanguageClient | undefined;
+let extensionContext: vscode.ExtensionContext;
 let output: vscode.LogOutputChannel;
 let statusItem: vscode.StatusBarItem;
 let phase: ClientPhase = 'starting';
@@ -83,13 +88,38 @@ function refreshStatus(): void {
     view.state === 'error' ? new vscode.ThemeColor('statusBarItem.errorBackground') : undefined;
 }
 
-function createClient(): LanguageClient {
-  const launch = serverLaunch({
+/**
+ * The server the user named (`server.pythonPath` or `server.command`), else the one in the
+ * extension's own environment, installed first when needed.
+ */
+async function resolveLaunch(forceInstall = false): Promise<ServerLaunch> {
+  const settings = {
     command: config().get<string>('server.command'),
     pythonPath: config().get<string>('server.pythonPath'),
     args: config().get<unknown>('server.args'),
     logLevel: config().get<string>('server.logLevel'),
-  });
+  };
+  if (userChoseServer(settings)) {
+    return serverLaunch(settings);
+  }
+  const server = await ensureManagedServer(
+    extensionContext,
+    output,
+    {
+      python: config().get<string>('server.install.python'),
+      pipArgs: config().get<unknown>('server.install.pipArgs'),
+      force: forceInstall,
+    },
+    () => {
+      phase = 'installing';
+      refreshStatus();
+    },
+  );
+  return serverLaunch({ ...settings, command: server, pythonPath: undefined });
+}
+
+function createClient(launch: ServerLaunch): LanguageClient {
+  output.info(`starting the server: ${launch.command} ${launch.args.join(' ')}`);
   const serverOptions: ServerOptions = {
     command: launch.command,
     args: launch.args,
@@ -153,14 +183,39 @@ function createClient(): LanguageClient {
   return created;
 }
 
-async function startClient(): Promise<void> {
+async function startClient(forceInstall = false): Promise<void> {
   stopping = false;
   clientError = undefined;
   serverStatus = undefined;
   tracker.reset();
   phase = 'starting';
   refreshStatus();
-  client = createClient();
+  let launch: ServerLaunch;
+  try {
+    launch = await resolveLaunch(forceInstall);
+  } catch (error) {
+    phase = 'failed';
+    clientError = error instanceof Error ? error.message : String(error);
+    refreshStatus();
+    output.error(`installing the server failed: ${clientError}`);
+    const retry = error instanceof InstallError && clientError === 'cancelled' ? [] : ['Retry'];
+    // Not awaited: a restart must not wait for the user to answer.
+    void vscode.window
+      .showErrorMessage(`dgemma: the language server could not be installed (${clientError}).`, ...retry, 'Show Log', 'Open Settings')
+      .then(async (choice) => {
+        if (choice === 'Retry') {
+          await serially(() => startClient(forceInstall));
+        } else if (choice === 'Show Log') {
+          output.show(true);
+        } else if (choice === 'Open Settings') {
+          await vscode.commands.executeCommand('workbench.action.openSettings', 'dgemma.server');
+        }
+      });
+    return;
+  }
+  phase = 'starting';
+  refreshStatus();
+  client = createClient(launch);
   try {
     await client.start();
   } catch (error) {
@@ -168,17 +223,20 @@ async function startClient(): Promise<void> {
     clientError = error instanceof Error ? error.message : String(error);
     refreshStatus();
     output.appendLine(`dgemma-lsp did not start: ${clientError}`);
-    const choice = await vscode.window.showErrorMessage(
-      `dgemma: the language server did not start (${clientError}). Is dgemma-lsp installed? ` +
-        'Set "dgemma.server.command" or "dgemma.server.pythonPath".',
-      'Open Settings',
-      'Show Log',
-    );
-    if (choice === 'Open Settings') {
-      await vscode.commands.executeCommand('workbench.action.openSettings', 'dgemma.server');
-    } else if (choice === 'Show Log') {
-      output.show(true);
-    }
+    void vscode.window
+      .showErrorMessage(
+        `dgemma: the language server did not start (${clientError}). Check "dgemma.server.command" ` +
+          'and "dgemma.server.pythonPath", or leave both empty for the server the extension installs.',
+        'Open Settings',
+        'Show Log',
+      )
+      .then(async (choice) => {
+        if (choice === 'Open Settings') {
+          await vscode.commands.executeCommand('workbench.action.openSettings', 'dgemma.server');
+        } else if (choice === 'Show Log') {
+          output.show(true);
+        }
+      });
   }
 }
 
@@ -199,9 +257,26 @@ async function stopClient(): Promise<void> {
   await old.dispose().catch(() => undefined);
 }
 
-async function restart(): Promise<void> {
-  await stopClient();
-  await startClient();
+/** Starts and stops run one after another: a restart asked during a first-start install waits
+ * for it instead of starting a second client. */
+let lifecycle: Promise<void> = Promise.resolve();
+function serially(step: () => Promise<void>): Promise<void> {
+  lifecycle = lifecycle.then(step, step);
+  return lifecycle;
+}
+
+function restart(): Promise<void> {
+  return serially(async () => {
+    await stopClient();
+    await startClient();
+  });
+}
+
+function reinstall(): Promise<void> {
+  return serially(async () => {
+    await stopClient();
+    await startClient(true);
+  });
 }
 
 async function toggle(): Promise<void> {
@@ -231,6 +306,7 @@ async function showMenu(): Promise<void> {
   const items: (vscode.QuickPickItem & { command: string })[] = [
     { label: enabled() ? 'Turn suggestions off' : 'Turn suggestions on', command: 'dgemma.toggleSuggestions' },
     { label: 'Restart the server', command: 'dgemma.restartServer' },
+    { label: 'Reinstall the server', command: 'dgemma.reinstallServer' },
     { label: 'Show the server log', command: 'dgemma.showLog' },
     { label: 'Show the server status', command: 'dgemma.showServerStatus' },
   ];
@@ -241,6 +317,7 @@ async function showMenu(): Promise<void> {
 }
 
 export async function activate(context: vscode.ExtensionContext): Promise<void> {
+  extensionContext = context;
   output = vscode.window.createOutputChannel('dgemma', { log: true });
   statusItem = vscode.window.createStatusBarItem('dgemma.status', vscode.StatusBarAlignment.Right, 100);
   statusItem.name = 'dgemma';
@@ -253,6 +330,7 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
     statusItem,
     vscode.commands.registerCommand('dgemma.toggleSuggestions', toggle),
     vscode.commands.registerCommand('dgemma.restartServer', restart),
+    vscode.commands.registerCommand('dgemma.reinstallServer', reinstall),
     vscode.commands.registerCommand('dgemma.showLog', () => output.show(true)),
     vscode.commands.registerCommand('dgemma.showServerStatus', showServerStatus),
     vscode.commands.registerCommand('dgemma.showMenu', showMenu),
@@ -269,9 +347,9 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
       refreshStatus();
     }),
   );
-  await startClient();
+  void serially(() => startClient()); // not awaited: a first start installs the server for minutes
 }
 
 export async function deactivate(): Promise<void> {
-  await stopClient();
+  await stopClient(); // at once: the editor waits only seconds for this
 }

@@ -19,8 +19,16 @@ export interface LaunchSettings {
 }
 
 /**
+ * Whether the user named a server (`server.pythonPath` or `server.command`): then it runs as set,
+ * and the extension installs nothing. Empty both = the server the extension installs itself.
+ */
+export function userChoseServer(settings: LaunchSettings): boolean {
+  return Boolean(settings.pythonPath?.trim() || settings.command?.trim());
+}
+
+/**
  * How to start the server: `pythonPath` wins (`python -m dgemma_lsp`, for a virtual environment
- * that is not on PATH), else `command` (default `dgemma-lsp` from PATH).
+ * that is not on PATH), else `command` (`dgemma-lsp` from PATH when empty).
  */
 export function serverLaunch(settings: LaunchSettings): ServerLaunch {
   const extra = Array.isArray(settings.args) ? settings.args.filter((a): a is string => typeof a === 'string') : [];
@@ -108,8 +116,8 @@ export interface ServerStatus {
   [key: string]: unknown;
 }
 
-export type ClientPhase = 'starting' | 'running' | 'stopped' | 'failed';
-export type UiState = 'starting' | 'loading' | 'ready' | 'slow' | 'error' | 'disabled' | 'stopped';
+export type ClientPhase = 'installing' | 'starting' | 'running' | 'stopped' | 'failed';
+export type UiState = 'installing' | 'starting' | 'loading' | 'ready' | 'slow' | 'error' | 'disabled' | 'stopped';
 
 export interface StatusInput {
   phase: ClientPhase;
@@ -127,6 +135,7 @@ export interface StatusView {
 }
 
 const ICONS: Record<UiState, string> = {
+  installing: '$(loading~spin)',
   starting: '$(loading~spin)',
   loading: '$(loading~spin)',
   ready: '$(sparkle)',
@@ -144,6 +153,9 @@ export function statusView(input: StatusInput): StatusView {
   if (input.phase === 'failed') {
     state = 'error';
     detail = `The server failed: ${input.clientError ?? 'see the log'}`;
+  } else if (input.phase === 'installing') {
+    state = 'installing';
+    detail = 'Installing the server in its own environment (first start)';
   } else if (input.phase === 'stopped') {
     state = 'stopped';
     detail = 'The server is not running';
@@ -171,4 +183,131 @@ export function statusView(input: StatusInput): StatusView {
   }
   const label = state === 'ready' ? 'dgemma' : `dgemma: ${state}`;
   return { state, text: `${ICONS[state]} ${label}`, tooltip: `dgemma — ${detail}${backend}\nClick for actions` };
+}
+
+// ---- the server the extension installs itself -------------------------------------------------
+
+/** The torch the README installs (CPU wheel here; `server.install.pipArgs` can name an index). */
+export const TORCH_REQUIREMENT = 'torch==2.13.0';
+/** The oldest Python the server supports (pyproject.toml `requires-python`). */
+export const MIN_PYTHON: [number, number] = [3, 10];
+
+export interface ManagedLayout {
+  /** The virtual environment, in the extension's global storage. */
+  venv: string;
+  /** Its Python, which pip runs with. */
+  python: string;
+  /** Its `dgemma-lsp` script, the server command: not `python -m dgemma_lsp`, which would put the
+   * working directory (the user's workspace, where a `typing.py` shadows the standard library)
+   * first on the server's import path. */
+  server: string;
+  /** Written last by a finished install: what was installed. */
+  stamp: string;
+  /** A folder that exists while one window installs. */
+  lock: string;
+}
+
+export function managedLayout(storageDir: string, platform: string = process.platform): ManagedLayout {
+  const sep = platform === 'win32' ? '\\' : '/';
+  const join = (...parts: string[]) => parts.join(sep);
+  const venv = join(storageDir, 'server-env');
+  const bin = platform === 'win32' ? join(venv, 'Scripts') : join(venv, 'bin');
+  return {
+    venv,
+    python: join(bin, platform === 'win32' ? 'python.exe' : 'python'),
+    server: join(bin, platform === 'win32' ? 'dgemma-lsp.exe' : 'dgemma-lsp'),
+    stamp: join(storageDir, 'server-env.json'),
+    lock: join(storageDir, 'server-env.lock'),
+  };
+}
+
+/** The server wheel among the files of the extension's `server/` folder (the newest version). */
+export function bundledWheel(files: string[]): string | undefined {
+  const wheels = files.filter((f) => /^dgemma_lsp-[^-]+-.+\.whl$/.test(f));
+  return wheels.sort((a, b) => a.localeCompare(b, 'en', { numeric: true })).at(-1);
+}
+
+/** What a finished install records, and what the next start compares with. */
+export interface InstallStamp {
+  wheel: string;
+  sha256: string;
+  torch: string;
+  python: string;
+}
+
+/** Whether the environment must be (re)built: never installed, half installed, or another wheel. */
+export function needsInstall(stamp: unknown, wanted: Pick<InstallStamp, 'sha256' | 'torch'>): boolean {
+  if (!stamp || typeof stamp !== 'object') {
+    return true;
+  }
+  const s = stamp as Partial<InstallStamp>;
+  return s.sha256 !== wanted.sha256 || s.torch !== wanted.torch;
+}
+
+/** Python interpreters to try, in order: the setting, the Python extension's, then PATH's. */
+export function pythonCandidates(
+  configured: string | undefined,
+  fromPythonExtension: string | undefined,
+  platform: string = process.platform,
+): string[] {
+  const found = [configured, fromPythonExtension]
+    .map((p) => p?.trim())
+    .filter((p): p is string => Boolean(p));
+  const fallbacks = platform === 'win32' ? ['py', 'python'] : ['python3', 'python'];
+  return [...new Set([...found, ...fallbacks])];
+}
+
+/** Run with `python -c`: prints the interpreter's path and version when it can make a venv. */
+export const PYTHON_PROBE =
+  'import sys, venv, ensurepip; print(sys.executable); print("%d.%d" % sys.version_info[:2])';
+
+/** The interpreter and version from PYTHON_PROBE's output; undefined when it is too old. */
+export function parsePythonProbe(stdout: string): { executable: string; version: string } | undefined {
+  const [executable, version] = stdout.trim().split(/\r?\n/);
+  const match = /^(\d+)\.(\d+)$/.exec(version ?? '');
+  if (!executable || !match) {
+    return undefined;
+  }
+  const [major, minor] = [Number(match[1]), Number(match[2])];
+  if (major < MIN_PYTHON[0] || (major === MIN_PYTHON[0] && minor < MIN_PYTHON[1])) {
+    return undefined;
+  }
+  return { executable, version: `${major}.${minor}` };
+}
+
+/** `pip install` of torch and the wheel into the environment, with the user's extra arguments. */
+export function pipInstallArgs(wheelPath: string, extra: unknown): string[] {
+  const user = Array.isArray(extra) ? extra.filter((a): a is string => typeof a === 'string' && a !== '') : [];
+  return [
+    '-m',
+    'pip',
+    'install',
+    '--disable-pip-version-check',
+    '--no-input',
+    '--progress-bar',
+    'off',
+    ...user,
+    TORCH_REQUIREMENT,
+    wheelPath,
+  ];
+}
+
+/** A short progress message for one line of pip's output, or undefined for lines not worth one. */
+export function pipProgress(line: string): string | undefined {
+  const text = line.trim();
+  let match = /^Collecting (\S+)/.exec(text);
+  if (match) {
+    return `fetching ${match[1].replace(/[<>=!~;].*$/, '')}`;
+  }
+  match = /^Processing (\S+)/.exec(text);
+  if (match) {
+    return `reading ${match[1].split(/[\\/]/).at(-1)}`;
+  }
+  if (text.startsWith('Installing collected packages')) {
+    return 'installing the packages (torch takes a while)';
+  }
+  if (text.startsWith('Successfully installed')) {
+    return 'installed';
+  }
+  return undefined;
 }

@@ -5,8 +5,23 @@ import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 
 const require = createRequire(import.meta.url);
-const { serverLaunch, serverSettings, removedSinceStart, LatencyTracker, statusView, CLIENT_ONLY_KEYS } =
-  require('../out/logic.js');
+const {
+  serverLaunch,
+  serverSettings,
+  removedSinceStart,
+  LatencyTracker,
+  statusView,
+  CLIENT_ONLY_KEYS,
+  userChoseServer,
+  managedLayout,
+  bundledWheel,
+  needsInstall,
+  pythonCandidates,
+  parsePythonProbe,
+  pipInstallArgs,
+  pipProgress,
+  TORCH_REQUIREMENT,
+} = require('../out/logic.js');
 const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8'));
 
 test('serverLaunch runs dgemma-lsp from PATH by default', () => {
@@ -101,7 +116,7 @@ test('statusView maps client phase and server status to loading / ready / slow /
 
 test('package.json contributes every setting the extension reads and every command it registers', () => {
   const properties = pkg.contributes.configuration.properties;
-  for (const key of ['dgemma.enabled', 'dgemma.model', 'dgemma.device', 'dgemma.steps', 'dgemma.server.command', 'dgemma.server.pythonPath', 'dgemma.server.args', 'dgemma.server.logLevel', 'dgemma.statusBar.slowMs', 'dgemma.trace.server']) {
+  for (const key of ['dgemma.enabled', 'dgemma.model', 'dgemma.device', 'dgemma.steps', 'dgemma.server.command', 'dgemma.server.pythonPath', 'dgemma.server.args', 'dgemma.server.logLevel', 'dgemma.server.install.python', 'dgemma.server.install.pipArgs', 'dgemma.statusBar.slowMs', 'dgemma.trace.server']) {
     assert.ok(properties[key], key);
   }
   for (const key of Object.keys(properties)) {
@@ -110,9 +125,103 @@ test('package.json contributes every setting the extension reads and every comma
     assert.equal(nested, CLIENT_ONLY_KEYS.includes(first), `${key}: only extension settings are nested`);
   }
   const commands = pkg.contributes.commands.map((c) => c.command).sort();
-  assert.deepEqual(commands, ['dgemma.restartServer', 'dgemma.showLog', 'dgemma.showMenu', 'dgemma.showServerStatus', 'dgemma.toggleSuggestions']);
+  assert.deepEqual(commands, ['dgemma.reinstallServer', 'dgemma.restartServer', 'dgemma.showLog', 'dgemma.showMenu', 'dgemma.showServerStatus', 'dgemma.toggleSuggestions']);
   // The server's own commands are registered by vscode-languageclient: no clash allowed.
   for (const serverCommand of ['dgemma.status', 'dgemma.acceptSuggestion', 'dgemma.applyCodeAction']) {
     assert.ok(!commands.includes(serverCommand), serverCommand);
   }
+});
+
+// ---- the server the extension installs itself ----
+
+test('the extension installs its own server unless the user named one', () => {
+  assert.equal(userChoseServer({}), false);
+  assert.equal(userChoseServer({ command: '  ', pythonPath: '' }), false);
+  assert.equal(userChoseServer({ command: 'dgemma-lsp' }), true);
+  assert.equal(userChoseServer({ pythonPath: '/venv/bin/python' }), true);
+  // The contributed default must mean "install": an empty command.
+  assert.equal(pkg.contributes.configuration.properties['dgemma.server.command'].default, '');
+});
+
+test('managedLayout keeps the environment and its stamp in the global storage folder', () => {
+  assert.deepEqual(managedLayout('/g/dgemma.dgemma', 'linux'), {
+    venv: '/g/dgemma.dgemma/server-env',
+    python: '/g/dgemma.dgemma/server-env/bin/python',
+    server: '/g/dgemma.dgemma/server-env/bin/dgemma-lsp',
+    stamp: '/g/dgemma.dgemma/server-env.json',
+    lock: '/g/dgemma.dgemma/server-env.lock',
+  });
+  assert.equal(managedLayout('C:\\g', 'win32').python, 'C:\\g\\server-env\\Scripts\\python.exe');
+  assert.equal(managedLayout('C:\\g', 'win32').server, 'C:\\g\\server-env\\Scripts\\dgemma-lsp.exe');
+});
+
+test('bundledWheel picks the newest dgemma_lsp wheel and ignores other files', () => {
+  assert.equal(bundledWheel([]), undefined);
+  assert.equal(bundledWheel(['README.md', 'torch-2.13.0-cp311-x.whl']), undefined);
+  assert.equal(
+    bundledWheel(['dgemma_lsp-0.9.0-py3-none-any.whl', 'dgemma_lsp-0.10.0-py3-none-any.whl', 'x.txt']),
+    'dgemma_lsp-0.10.0-py3-none-any.whl',
+  );
+});
+
+test('needsInstall: missing, half-written or other-wheel stamps rebuild the environment', () => {
+  const wanted = { sha256: 'abc', torch: TORCH_REQUIREMENT };
+  assert.equal(needsInstall(undefined, wanted), true);
+  assert.equal(needsInstall('garbage', wanted), true);
+  assert.equal(needsInstall({ sha256: 'old', torch: TORCH_REQUIREMENT }, wanted), true);
+  assert.equal(needsInstall({ sha256: 'abc', torch: 'torch==2.4.0' }, wanted), true);
+  assert.equal(needsInstall({ wheel: 'w', sha256: 'abc', torch: TORCH_REQUIREMENT, python: '/p' }, wanted), false);
+});
+
+test('pythonCandidates: the setting, then the Python extension, then PATH, without repeats', () => {
+  assert.deepEqual(pythonCandidates(undefined, undefined, 'linux'), ['python3', 'python']);
+  assert.deepEqual(pythonCandidates(' /opt/py/bin/python3 ', '/venv/bin/python', 'linux'), [
+    '/opt/py/bin/python3',
+    '/venv/bin/python',
+    'python3',
+    'python',
+  ]);
+  assert.deepEqual(pythonCandidates('', 'python3', 'linux'), ['python3', 'python']);
+  assert.deepEqual(pythonCandidates(undefined, undefined, 'win32'), ['py', 'python']);
+});
+
+test('parsePythonProbe accepts Python 3.10+ only', () => {
+  assert.deepEqual(parsePythonProbe('/usr/bin/python3\n3.11\n'), { executable: '/usr/bin/python3', version: '3.11' });
+  assert.deepEqual(parsePythonProbe('C:\\Py\\python.exe\r\n3.13\r\n').version, '3.13');
+  assert.equal(parsePythonProbe('/usr/bin/python3\n3.9\n'), undefined);
+  assert.equal(parsePythonProbe('/usr/bin/python2\n2.7\n'), undefined);
+  assert.equal(parsePythonProbe(''), undefined);
+});
+
+test('pipInstallArgs installs the README torch and the wheel, user arguments first', () => {
+  assert.equal(TORCH_REQUIREMENT, 'torch==2.13.0');
+  const args = pipInstallArgs('/ext/server/dgemma_lsp-0.1.0-py3-none-any.whl', [
+    '--extra-index-url',
+    'https://download.pytorch.org/whl/cpu',
+    7,
+    '',
+  ]);
+  assert.deepEqual(args.slice(0, 3), ['-m', 'pip', 'install']);
+  assert.deepEqual(args.slice(-4), [
+    '--extra-index-url',
+    'https://download.pytorch.org/whl/cpu',
+    'torch==2.13.0',
+    '/ext/server/dgemma_lsp-0.1.0-py3-none-any.whl',
+  ]);
+  assert.deepEqual(pipInstallArgs('/w.whl', 'not a list').slice(-2), ['torch==2.13.0', '/w.whl']);
+});
+
+test('pipProgress turns pip lines into short progress messages', () => {
+  assert.equal(pipProgress('Collecting torch==2.13.0'), 'fetching torch');
+  assert.equal(pipProgress('Collecting pygls<3,>=2.1 (from dgemma-lsp==0.1.0)'), 'fetching pygls');
+  assert.equal(pipProgress('Processing /ext/server/dgemma_lsp-0.1.0-py3-none-any.whl'), 'reading dgemma_lsp-0.1.0-py3-none-any.whl');
+  assert.match(pipProgress('Installing collected packages: torch, pygls'), /^installing/);
+  assert.equal(pipProgress('Successfully installed torch-2.13.0'), 'installed');
+  assert.equal(pipProgress('  Downloading pygls-2.1.1-py3-none-any.whl (1 MB)'), undefined);
+});
+
+test('statusView shows the first-start install', () => {
+  const view = statusView({ phase: 'installing', enabled: true, slow: false });
+  assert.equal(view.state, 'installing');
+  assert.equal(view.text, '$(loading~spin) dgemma: installing');
 });

@@ -34,11 +34,12 @@ function M.check()
   end
 
   health.start('Server')
-  local exe = opts.cmd[1]
+  local exe = dgemma.server_cmd()[1]
   local path = vim.fn.exepath(exe)
   if path == '' then
     health.error('`' .. exe .. '` not found', {
-      'install it from a checkout: pip install torch==2.13.0 -e . (see the README)',
+      ':DgemmaInstall installs it in its own environment under ' .. vim.fn.stdpath('data'),
+      'or install it from a checkout: pip install torch==2.13.0 -e . (see the README)',
       "or point setup{ cmd = { '/path/to/venv/bin/dgemma-lsp' } } at it",
     })
   else

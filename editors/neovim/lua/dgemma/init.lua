@@ -1,7 +1,8 @@
 -- dgemma: suggestions from the dgemma-lsp language server (a diffusion language model) in Neovim.
 --
---   require('dgemma').setup()            -- runs `dgemma-lsp` from PATH for the supported filetypes
+--   require('dgemma').setup()            -- the server :DgemmaInstall installed, else `dgemma-lsp` from PATH
 --   require('dgemma').setup({ settings = { model = '/path/to/checkpoint', steps = 16 } })
+--   :DgemmaInstall [wheel-or-checkout]   -- the server in its own venv under stdpath('data') (install.lua)
 --
 -- Neovim 0.12+: ghost text through the built-in `vim.lsp.inline_completion`; <Tab> accepts a
 -- suggestion and otherwise inserts a Tab. Neovim 0.11: the server answers ordinary completion
@@ -29,8 +30,13 @@ M.filetypes = {
 ---@field accept string|false Insert-mode key that accepts the ghost text (0.12+) or the selected completion item (0.11); otherwise it types itself.
 ---@field trigger string|false Insert-mode key that asks for a suggestion now.
 
+---@class dgemma.InstallSettings
+---@field python? string The Python that creates the server's environment (default python3).
+---@field pip_args? string[] Extra `pip install` arguments, e.g. { '--extra-index-url', 'https://download.pytorch.org/whl/cpu' }.
+
 ---@class dgemma.Options
----@field cmd string[] The server command.
+---@field cmd? string[] The server command; nil = the one :DgemmaInstall installed, else `dgemma-lsp` from PATH.
+---@field install dgemma.InstallSettings How :DgemmaInstall builds the server's environment.
 ---@field filetypes string[] Filetypes to attach to.
 ---@field root_markers string[] Files that mark a project root (the server also works without one).
 ---@field settings table The server's `dgemma` settings: model, device, dtype, backend, endpoint, steps, seed, enabled, ... (camelCase or snake_case).
@@ -41,7 +47,8 @@ M.filetypes = {
 
 ---@type dgemma.Options
 M.defaults = {
-  cmd = { 'dgemma-lsp' },
+  cmd = nil,
+  install = { python = nil, pip_args = {} },
   filetypes = M.filetypes,
   root_markers = { '.git', 'pyproject.toml', 'setup.py', 'package.json', 'go.mod', 'Cargo.toml', 'pom.xml' },
   settings = {},
@@ -133,6 +140,13 @@ local function on_attach(client, bufnr)
   end
 end
 
+--- The server command: the user's `cmd`, else the installed one, else `dgemma-lsp` from PATH.
+---@return string[]
+function M.server_cmd()
+  local opts = assert(M.options, "call require('dgemma').setup() first")
+  return opts.cmd or require('dgemma.install').installed_cmd() or { 'dgemma-lsp' }
+end
+
 --- The `vim.lsp.config` table for the server.
 function M.lsp_config()
   local opts = assert(M.options, "call require('dgemma').setup() first")
@@ -143,7 +157,7 @@ function M.lsp_config()
     capabilities.textDocument.inlineCompletion = { dynamicRegistration = false }
   end
   return {
-    cmd = opts.cmd,
+    cmd = M.server_cmd(),
     filetypes = opts.filetypes,
     root_markers = opts.root_markers,
     capabilities = capabilities,
@@ -249,6 +263,27 @@ function M.show_status()
   end, 0)
 end
 
+--- Install the server in its own environment (install.lua), then restart the client on it
+--- unless the user named a `cmd`.
+---@param source string? A wheel or a checkout; nil = the plugin's wheel or checkout.
+---@param on_done fun(ok: boolean, message: string)?
+function M.install(source, on_done)
+  local settings = M.options.install or {}
+  require('dgemma.install').install({
+    source = source,
+    python = settings.python,
+    pip_args = settings.pip_args,
+    on_done = function(ok, message)
+      if ok and not M.options.cmd then
+        M.restart()
+      end
+      if on_done then
+        on_done(ok, message)
+      end
+    end,
+  })
+end
+
 local function command(args)
   local sub = args.fargs[1] or 'status'
   if sub == 'status' then
@@ -261,10 +296,12 @@ local function command(args)
     M.toggle(false)
   elseif sub == 'restart' then
     M.restart()
+  elseif sub == 'install' then
+    M.install(args.fargs[2])
   elseif sub == 'log' then
     vim.cmd.edit(vim.fn.fnameescape(vim.lsp.log.get_filename()))
   else
-    notify('unknown subcommand ' .. sub .. ' (status, toggle, enable, disable, restart, log)', vim.log.levels.ERROR)
+    notify('unknown subcommand ' .. sub .. ' (status, toggle, enable, disable, restart, install, log)', vim.log.levels.ERROR)
   end
 end
 
@@ -285,12 +322,22 @@ function M.setup(opts)
   vim.lsp.config(NAME, M.lsp_config())
   vim.lsp.enable(NAME)
   vim.api.nvim_create_user_command('Dgemma', command, {
-    nargs = '?',
+    nargs = '*',
     complete = function()
-      return { 'status', 'toggle', 'enable', 'disable', 'restart', 'log' }
+      return { 'status', 'toggle', 'enable', 'disable', 'restart', 'install', 'log' }
     end,
-    desc = 'dgemma: status | toggle | enable | disable | restart | log',
+    desc = 'dgemma: status | toggle | enable | disable | restart | install [source] | log',
   })
+  vim.api.nvim_create_user_command('DgemmaInstall', function(args)
+    M.install(args.args ~= '' and args.args or nil)
+  end, {
+    nargs = '?',
+    complete = 'file',
+    desc = "dgemma: install the server in its own venv under stdpath('data') (from a wheel or the plugin's checkout)",
+  })
+  if not opts.cmd and vim.fn.executable(M.server_cmd()[1]) == 0 then
+    notify('no server yet: run :DgemmaInstall (or set cmd in setup{})', vim.log.levels.WARN)
+  end
 end
 
 return M
