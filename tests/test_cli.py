@@ -42,8 +42,9 @@ def test_generate_prints_text_and_stats(tiny_checkpoint):
         assert canvases == 2
     # The printed text is the SDK's for the same seed.
     model = DiffusionGemmaModel.from_pretrained(tiny_checkpoint, config=DiffusionConfig(seed=7))
-    assert out.stdout == model.generate("def add(a, b):", max_tokens=20, num_diffusion_steps=2) + "\n"
-    assert model.last_stats.generated_tokens == tokens
+    result = model.run(model.request("def add(a, b):", max_tokens=20, num_diffusion_steps=2))
+    assert out.stdout == result.text + "\n"
+    assert result.stats.generated_tokens == tokens
 
 
 def test_generate_chat_with_a_system_prompt(tiny_checkpoint):

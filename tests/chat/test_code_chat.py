@@ -108,8 +108,8 @@ def test_model_chat_answers_the_guide_request_with_text_for_every_seed(embedded)
     assert ids[0] == tokenizer.token_id("<bos>") and ids.count(tokenizer.token_id("<bos>")) == 1
     assert ids[-1] == tokenizer.token_id(FIM_MIDDLE)
     for seed in SEEDS:
-        reply = embedded.chat(messages, max_tokens=128, seed=seed)
-        stats = embedded.last_stats
+        result = embedded.run(embedded.chat_request(messages, max_tokens=128, seed=seed))
+        reply, stats = result.text, result.stats
         assert reply.strip(), f"seed {seed}: empty reply"
         assert "<|" not in reply and "<bos>" not in reply and "<pad>" not in reply
         assert stats.prompt_tokens == len(ids)

@@ -95,11 +95,16 @@ def test_the_engine_backend_measures_its_cold_prefill_at_load(engine_backend):
     assert all(ms > 0 for ms in measured.values())
 
 
-def test_measure_prefill_stops_at_the_first_length_that_fits_or_at_the_floor(engine_backend):
+def test_measure_prefill_stops_at_the_first_length_that_fits_or_at_the_floor(engine_backend, monkeypatch):
+    results = []
+    infill = engine_backend.infill
+    monkeypatch.setattr(
+        engine_backend, "infill", lambda request: results.append(infill(request)) or results[-1]
+    )
     assert list(measure_prefill(engine_backend, 512, budget_ms=10**6)) == [512]
     # Nothing fits a microsecond: from the first time straight to the floor.
     assert list(measure_prefill(engine_backend, 512, budget_ms=1e-3, floor=128)) == [512, 128]
     # Each try had a prompt of about its length and no KV to reuse from the one before (but the
     # few tokens of the file header every prompt starts with).
-    stats = engine_backend.model.last_stats
+    stats = results[-1].stats
     assert 100 <= stats.prompt_tokens <= 200 and stats.cached_prompt_tokens < 0.1 * stats.prompt_tokens
