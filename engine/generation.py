@@ -5,9 +5,10 @@ outer loop: it yields every finished canvas (post-EOS positions set to pad, as t
 and commits it into the cache when another canvas follows. Rows of a batch that converge early
 are frozen, rows that reached EOS or their token quota stop counting steps.
 
-Between denoising steps the loop calls `should_stop()`; a True return raises
-`GenerationCancelled` (or `DeadlineExceeded` when the deadline passed), so a cancelled request
-costs at most one more decoder pass.
+Between denoising steps the loop polls a `StopCheck` (each row's `should_stop` and deadline);
+when every row should stop it raises `GenerationCancelled` (or `DeadlineExceeded` when all the
+deadlines passed), so a cancelled request costs at most one more decoder pass. How a row's
+canvases become text and a finish reason is `engine.rows`'s business, not this loop's.
 
 Pinned positions (`CanvasPins`) apply to the first canvas of a call: infilling puts the start of
 the suffix at the end of a one-canvas hole. On request (`track_logprobs`) an outcome carries
