@@ -188,6 +188,8 @@ class Candidate:
     tokens: list[int]
     finish_reason: str
     score: float
+    # CAL-style first-step confidence (mean over the hole), kept for inspection, not for the
+    # choice: uncalibrated it preferred the longest hole on every one of 40 held-out holes.
     first_score: float = 0.0
 
 
