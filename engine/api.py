@@ -265,9 +265,17 @@ class DiffusionGemmaModel:
 
     def infill_request(self, request: InfillRequest) -> InfillResult:
         """Native FIM prompt (suffix and context first) for models with FIM tokens; otherwise a
-        hole-filling chat prompt, with a surrounding code fence removed from the reply."""
+        hole-filling chat prompt, with a surrounding code fence removed from the reply.
+        `request.strategy` other than "prompt" pins the suffix and/or searches the hole length
+        (engine.infill)."""
         if request.max_tokens < 1:
             raise ConfigError("max_tokens must be at least 1")
+        if request.strategy:
+            from engine.infill import InfillStrategy, infill_with_strategy
+
+            strategy = InfillStrategy.parse(request.strategy, device=self.device.type)
+            if not strategy.is_prompt_only:
+                return infill_with_strategy(self, request, strategy)
         options = {
             "num_diffusion_steps": request.num_diffusion_steps,
             "seed": request.seed,

@@ -9,6 +9,12 @@ Between denoising steps the loop polls a `StopCheck` (each row's `should_stop` a
 when every row should stop it raises `GenerationCancelled` (or `DeadlineExceeded` when all the
 deadlines passed), so a cancelled request costs at most one more decoder pass. How a row's
 canvases become text and a finish reason is `engine.rows`'s business, not this loop's.
+
+Pinned positions (`CanvasPins`) apply to the first canvas of a call: infilling puts the start of
+the suffix at the end of a one-canvas hole. On request (`track_logprobs`) an outcome carries
+`TokenLogprobs`: per position, the log-probability of the argmax at the first step and of the
+committed token at the row's last step, under the model's untempered distribution (the sampler's
+late temperatures make every argmax look certain); hole-length search scores candidates by them.
 """
 
 from __future__ import annotations
@@ -23,7 +29,15 @@ import torch
 from engine.cache import KVCache
 from engine.errors import DeadlineExceeded, GenerationCancelled
 from engine.model import DiffusionGemmaTransformer
-from engine.sampler import EntropyBoundSampler
+from engine.sampler import CanvasPins, EntropyBoundSampler
+
+
+@dataclass
+class TokenLogprobs:
+    """Untempered log-probabilities of one canvas, [B, C] each."""
+
+    first: torch.Tensor  # of the argmax at the first step (from noise: how sure the model is at once)
+    last: torch.Tensor  # of the committed token at the row's last step
 
 
 @dataclass
@@ -32,6 +46,7 @@ class CanvasOutcome:
     steps: list[int]  # decoder passes each row used on this canvas
     finished: torch.Tensor  # [B] bool: row is done (EOS seen now or earlier, or its quota reached)
     eos_found: torch.Tensor  # [B] bool: row hit EOS in this canvas
+    logprobs: TokenLogprobs | None = None  # None unless asked for
 
 
 class StopCheck:
@@ -71,16 +86,21 @@ def denoise_canvas(
     frozen: torch.Tensor | None = None,
     stop: StopCheck | None = None,
     on_step: Callable[[torch.Tensor], None] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Denoise one canvas of `length` tokens; returns (argmax canvas [B, C], decoder passes per row [B]).
+    pins: CanvasPins | None = None,
+    track_logprobs: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, TokenLogprobs | None]:
+    """Denoise one canvas of `length` tokens; returns (argmax canvas [B, C], decoder passes per row
+    [B], the canvas's `TokenLogprobs` or None).
 
     `frozen` [B] marks rows that need no canvas (finished earlier): they are computed with the
-    batch, as transformers does, but not counted.
+    batch, as transformers does, but not counted. `pins` fixes tokens at positions of this canvas.
+    `track_logprobs` costs one more log-softmax over the vocabulary per step.
     """
     device = model.device
     steps_budget = sampler.config.max_denoising_steps
-    canvas = sampler.initial_canvas(batch, length, device)
+    canvas = sampler.initial_canvas(batch, length, device, pins)
     argmax = canvas
+    logprobs = first_logprobs = None
     self_conditioning = None
     # In fp32 the sampler's probabilities are exactly softmax(processed logits): feed them back
     # instead of recomputing the softmax (transformers casts the logits to the weight dtype first).
@@ -96,22 +116,32 @@ def denoise_canvas(
             logits = model.denoise(canvas, cache, self_conditioning_probs=self_conditioning)
         else:
             logits = model.denoise(canvas, cache, self_conditioning)
-        result = sampler.step(canvas, logits, steps_remaining)
+        result = sampler.step(canvas, logits, steps_remaining, pins)
         new_argmax, new_canvas = result.argmax, result.canvas
+        new_logprobs = None
+        if track_logprobs:
+            new_logprobs = (
+                torch.log_softmax(logits.float(), dim=-1).gather(-1, new_argmax[..., None]).squeeze(-1)
+            )
         feedback = result.probs if feed_probs else result.processed_logits.to(model.dtype)
         if finished.any():  # rows that converged keep their canvas, argmax and self-conditioning input
             keep = finished[:, None]
             new_argmax = torch.where(keep, argmax, new_argmax)
             new_canvas = torch.where(keep, canvas, new_canvas)
             feedback = torch.where(keep[..., None], self_conditioning, feedback)
-        finished = finished | sampler.converged(new_argmax, result.entropy)
+            if new_logprobs is not None:
+                new_logprobs = torch.where(keep, logprobs, new_logprobs)
+        if first_logprobs is None:
+            first_logprobs = new_logprobs
+        finished = finished | sampler.converged(new_argmax, result.entropy, pins)
         self_conditioning = feedback
-        canvas, argmax = new_canvas, new_argmax
+        canvas, argmax, logprobs = new_canvas, new_argmax, new_logprobs
         if on_step is not None:
             on_step(argmax)
         if bool(finished.all()):
             break
-    return argmax, passes
+    scores = TokenLogprobs(first_logprobs, logprobs) if track_logprobs else None
+    return argmax, passes, scores
 
 
 def pad_after_eos(
@@ -135,11 +165,14 @@ def generate_canvases(
     pad_id: int,
     stop: StopCheck | None = None,
     context_length: int | None = None,
+    pins: CanvasPins | None = None,
+    track_logprobs: bool = False,
 ) -> Iterator[CanvasOutcome]:
     """Yield canvases until every row has EOS or `max_new_tokens[row]` tokens; commit between canvases.
 
     `cache` must already hold the prompt. Rows that finished in an earlier canvas get an all-pad
-    canvas (4.3).
+    canvas (4.3). `pins` [B, canvas_length] fixes tokens of the first canvas; `track_logprobs`
+    fills each outcome's `logprobs`.
     """
     batch = len(max_new_tokens)
     device = model.device
@@ -150,12 +183,22 @@ def generate_canvases(
     if context_length is not None:
         canvases = min(canvases, max(0, (context_length - cache.length) // canvas_length))
     for index in range(canvases):
-        tokens, passes = denoise_canvas(model, cache, sampler, batch, canvas_length, frozen=done, stop=stop)
+        tokens, passes, logprobs = denoise_canvas(
+            model,
+            cache,
+            sampler,
+            batch,
+            canvas_length,
+            frozen=done,
+            stop=stop,
+            pins=pins if index == 0 else None,
+            track_logprobs=track_logprobs,
+        )
         tokens, eos_found = pad_after_eos(tokens, eos_tensor, pad_id)
         tokens = tokens.masked_fill(done[:, None], pad_id)
         eos_found &= ~done
         done = done | eos_found | (quota <= index + 1)
-        yield CanvasOutcome(tokens, passes.tolist(), done.clone(), eos_found)
+        yield CanvasOutcome(tokens, passes.tolist(), done.clone(), eos_found, logprobs)
         if bool(done.all()) or index + 1 == canvases:
             return
         with torch.inference_mode():

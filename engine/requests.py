@@ -43,6 +43,8 @@ class InfillRequest:
     seed: int | None = None
     # The answer ends before the first of these (the HTTP server's `stop`).
     stop: Sequence[str] = ()
+    # How the hole is filled (engine.infill): "prompt" (None), "pinned[:K]", "length[:B]", "pinned+length".
+    strategy: str | None = None
 
 
 @dataclass

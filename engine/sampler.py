@@ -7,6 +7,13 @@ position uniformly at random. A canvas is done when its argmax has been stable f
 `stability_threshold` steps and the mean entropy is below `confidence_threshold`, or when the
 step budget is spent. The committed canvas is the last argmax.
 
+A canvas may carry pinned positions (`CanvasPins`, issue 10 item 1: inpainting): they start as
+their tokens, every other token's logit there is -inf, so they have zero entropy, are always
+accepted and never renoised. They are left out of the entropy budget and out of the mean entropy
+of the early-stop test: counted there, zero-entropy positions would pull the mean down and stop
+denoising early. Without pins every step does exactly what it did before (parity with
+transformers), random draws included.
+
 Random numbers come from a `RandomSource`, so that the same sampler can reproduce transformers'
 draws from the global generator (`ReferenceRandom`) or use a private seeded generator
 (`GeneratorRandom`) that never touches global state.
@@ -125,6 +132,46 @@ def inverse_cdf_sample(probs: torch.Tensor, uniform: torch.Tensor, block: int = 
     return (chosen * block + index).squeeze(-1).clamp_(max=vocab - 1)
 
 
+@dataclass(frozen=True)
+class CanvasPins:
+    """Known tokens at fixed canvas positions: `mask` [B, C] marks them, `tokens` [B, C] holds them
+    (entries where `mask` is False are ignored)."""
+
+    mask: torch.Tensor
+    tokens: torch.Tensor
+
+    @classmethod
+    def from_rows(
+        cls, rows: list[dict[int, int]], length: int, device: torch.device | str = "cpu"
+    ) -> CanvasPins:
+        """One {position: token} map per row of a canvas of `length` positions."""
+        mask = torch.zeros(len(rows), length, dtype=torch.bool)
+        tokens = torch.zeros(len(rows), length, dtype=torch.long)
+        for row, pinned in enumerate(rows):
+            for position, token in pinned.items():
+                if not 0 <= position < length:
+                    raise ConfigError(f"pinned position {position} is outside a canvas of {length}")
+                mask[row, position], tokens[row, position] = True, token
+        return cls(mask.to(device), tokens.to(device))
+
+    @property
+    def free(self) -> torch.Tensor:
+        return ~self.mask
+
+    def apply(self, canvas: torch.Tensor) -> torch.Tensor:
+        """`canvas` with the pinned tokens written in."""
+        return torch.where(self.mask, self.tokens, canvas)
+
+    def restrict_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """`logits` [B, C, V] with every token but the pinned one at -inf on pinned positions."""
+        index = self.tokens[..., None]
+        pinned_logit = logits.gather(-1, index)
+        restricted = logits.masked_fill(self.mask[..., None], float("-inf"))
+        return restricted.scatter(
+            -1, index, torch.where(self.mask[..., None], pinned_logit, restricted.gather(-1, index))
+        )
+
+
 @dataclass
 class StepResult:
     canvas: torch.Tensor  # [B, C] the next canvas (accepted samples + fresh noise)
@@ -135,16 +182,33 @@ class StepResult:
     accepted: torch.Tensor  # [B, C] bool
 
 
-def entropy_bound_acceptance(entropy: torch.Tensor, entropy_bound: float) -> torch.Tensor:
+def entropy_bound_acceptance(
+    entropy: torch.Tensor, entropy_bound: float, pinned: torch.Tensor | None = None
+) -> torch.Tensor:
     """Accept the lowest-entropy prefix whose summed entropy, minus its largest member, fits the bound.
 
     Equivalently position j is accepted iff the sum of the entropies ranked strictly below it is
     <= `entropy_bound`; the lowest-entropy position is always accepted (arXiv 2505.24857).
+    `pinned` [B, C] positions are always accepted and spend nothing of the bound: the rule runs
+    over the free positions alone (so the lowest-entropy free position is still always accepted).
     """
+    if pinned is not None:
+        # Sorted last, where they neither add to the sums of free positions nor take a free one's place.
+        entropy = entropy.masked_fill(pinned, float("inf"))
     sorted_entropy, order = torch.sort(entropy, dim=-1)
     excluded_sum = torch.cumsum(sorted_entropy, dim=-1) - sorted_entropy
     accepted_sorted = excluded_sum <= entropy_bound
-    return torch.zeros_like(accepted_sorted).scatter(-1, order, accepted_sorted)
+    accepted = torch.zeros_like(accepted_sorted).scatter(-1, order, accepted_sorted)
+    return accepted if pinned is None else accepted | pinned
+
+
+def mean_free_entropy(entropy: torch.Tensor, pinned: torch.Tensor | None) -> torch.Tensor:
+    """[B] mean entropy over the free positions of each row (a row with none free: 0)."""
+    if pinned is None:
+        return entropy.mean(dim=-1)  # the reference arithmetic
+    free = ~pinned
+    total = entropy.masked_fill(pinned, 0.0).sum(dim=-1)
+    return total / free.sum(dim=-1).clamp(min=1)
 
 
 class EntropyBoundSampler:
@@ -156,13 +220,25 @@ class EntropyBoundSampler:
         self.random = random
         self._history: torch.Tensor | None = None
 
-    def initial_canvas(self, batch: int, length: int, device: torch.device) -> torch.Tensor:
+    def initial_canvas(
+        self, batch: int, length: int, device: torch.device, pins: CanvasPins | None = None
+    ) -> torch.Tensor:
         self._history = None
-        return self.random.uniform_tokens((batch, length), self.vocab_size, device)
+        # Noise is drawn for every position, pinned or not, so pins never shift the random stream.
+        canvas = self.random.uniform_tokens((batch, length), self.vocab_size, device)
+        return canvas if pins is None else pins.apply(canvas)
 
-    def step(self, canvas: torch.Tensor, logits: torch.Tensor, steps_remaining: int) -> StepResult:
+    def step(
+        self,
+        canvas: torch.Tensor,
+        logits: torch.Tensor,
+        steps_remaining: int,
+        pins: CanvasPins | None = None,
+    ) -> StepResult:
         """`logits` [B, C, V] are the decoder's softcapped fp32 logits for `canvas`."""
         batch, length, vocab = logits.shape
+        if pins is not None:
+            logits = pins.restrict_logits(logits)
         processed = logits / self.config.temperature(steps_remaining)
         probs = torch.softmax(processed, dim=-1)
         if getattr(self.random, "reference", False):
@@ -178,14 +254,24 @@ class EntropyBoundSampler:
             top = processed.gather(-1, argmax[..., None]).squeeze(-1)
             expected = torch.matmul(probs[..., None, :], processed[..., :, None]).reshape(batch, length)
             entropy = (top - torch.log(p_max) - expected).clamp_(min=0.0)
+        if pins is not None:
+            # 0 * -inf is NaN in the sums above; a one-token distribution has exactly zero entropy.
+            entropy = entropy.masked_fill(pins.mask, 0.0)
         draw = self.random.categorical(probs.view(-1, vocab)).view(batch, length)
-        accepted = entropy_bound_acceptance(entropy, self.config.entropy_bound)
+        accepted = entropy_bound_acceptance(
+            entropy, self.config.entropy_bound, None if pins is None else pins.mask
+        )
         noise = self.random.uniform_tokens((batch, length), self.vocab_size, canvas.device)
         next_canvas = torch.where(accepted, draw, noise)
+        if pins is not None:
+            next_canvas = pins.apply(next_canvas)  # never renoised, whatever was drawn
         return StepResult(next_canvas, argmax, processed, probs, entropy, accepted)
 
-    def converged(self, argmax: torch.Tensor, entropy: torch.Tensor) -> torch.Tensor:
-        """Per row: argmax equal to the previous `stability_threshold` argmaxes and mean entropy low."""
+    def converged(
+        self, argmax: torch.Tensor, entropy: torch.Tensor, pins: CanvasPins | None = None
+    ) -> torch.Tensor:
+        """Per row: argmax equal to the previous `stability_threshold` argmaxes and mean entropy low
+        (over the free positions: pinned ones have zero entropy and would stop denoising early)."""
         threshold = self.config.stability_threshold
         if threshold == 0:
             stable = torch.ones(argmax.shape[0], dtype=torch.bool, device=argmax.device)
@@ -196,5 +282,7 @@ class EntropyBoundSampler:
                 )
             stable = (self._history == argmax[None]).all(dim=-1).all(dim=0)
             self._history = torch.cat([self._history[1:], argmax[None]], dim=0)
-        confident = entropy.mean(dim=-1) < self.config.confidence_threshold
+        confident = (
+            mean_free_entropy(entropy, None if pins is None else pins.mask) < self.config.confidence_threshold
+        )
         return stable & confident

@@ -9,6 +9,7 @@ import torch
 
 from engine.errors import ConfigError
 from engine.sampler import (
+    CanvasPins,
     EntropyBoundSampler,
     GeneratorRandom,
     ReferenceRandom,
@@ -149,3 +150,113 @@ def test_inverse_cdf_never_draws_a_zero_probability_token():
     draws = inverse_cdf_sample(probs, torch.rand(1000, 1))
     assert set(draws.tolist()) <= {0, 255}
     assert math.isclose((draws[1::2] == 255).float().mean().item(), 1.0)
+
+
+# ---- pinned canvas positions (issue 10 item 1) ----------------------------------------------------
+
+
+def _pins(rows: list[dict[int, int]], length: int) -> CanvasPins:
+    return CanvasPins.from_rows(rows, length)
+
+
+@pytest.mark.parametrize("random", [ReferenceRandom(), GeneratorRandom(3)])
+def test_pinned_tokens_start_as_themselves_and_never_change(random):
+    torch.manual_seed(0)
+    vocab, length = 40, 8
+    sampler = EntropyBoundSampler(SamplerConfig(entropy_bound=0.5), vocab, random)
+    pins = _pins([{2: 11, 7: 0}, {0: 39}], length)
+    canvas = sampler.initial_canvas(2, length, torch.device("cpu"), pins)
+    assert canvas[0, [2, 7]].tolist() == [11, 0] and canvas[1, 0].item() == 39
+    logits_source = torch.Generator().manual_seed(1)
+    for steps_remaining in range(48, 38, -1):
+        # The model prefers other tokens everywhere, the pinned positions included.
+        logits = torch.randn(2, length, vocab, generator=logits_source) * 4
+        logits[0, 2, 5] = logits[1, 0, 5] = 50.0
+        result = sampler.step(canvas, logits, steps_remaining, pins)
+        assert result.canvas[0, [2, 7]].tolist() == [11, 0] and result.canvas[1, 0].item() == 39
+        assert result.argmax[0, [2, 7]].tolist() == [11, 0] and result.argmax[1, 0].item() == 39
+        assert result.entropy[pins.mask].eq(0).all() and not result.entropy.isnan().any()
+        assert result.accepted[pins.mask].all()
+        # Every other token has probability zero on a pinned position.
+        assert result.probs[0, 2, 11].item() == pytest.approx(1.0) and result.probs[0, 2, 5].item() == 0.0
+        canvas = result.canvas
+
+
+def test_pinned_positions_spend_nothing_of_the_entropy_budget():
+    free_entropy = torch.tensor([[0.05, 0.04, 0.5, 0.02]])
+    alone = entropy_bound_acceptance(free_entropy, 0.1)
+    # The same free positions with three pinned ones between them: the same free positions accepted.
+    entropy = torch.tensor([[0.05, 0.0, 0.04, 0.0, 0.5, 0.02, 0.0]])
+    pinned = torch.tensor([[False, True, False, True, False, False, True]])
+    accepted = entropy_bound_acceptance(entropy, 0.1, pinned)
+    assert accepted[~pinned].tolist() == alone[0].tolist() == [True, True, False, True]
+    assert accepted[pinned].all()
+    # Pinned positions that carried entropy (after -inf logits they cannot) would still cost nothing:
+    # the rule runs over the free positions alone.
+    costly = torch.tensor([[0.05, 9.0, 0.04, 9.0, 0.5, 0.02, 9.0]])
+    assert entropy_bound_acceptance(costly, 0.1, pinned).equal(accepted)
+
+
+def test_the_stop_test_reads_the_mean_entropy_of_free_positions_only():
+    config = SamplerConfig(stability_threshold=0, confidence_threshold=0.005)
+    sampler = EntropyBoundSampler(config, 10, GeneratorRandom(0))
+    argmax = torch.tensor([[1, 2, 3, 4]])
+    # One free position at 0.01 nats, three pinned at zero: the plain mean (0.0025) would stop.
+    entropy = torch.tensor([[0.01, 0.0, 0.0, 0.0]])
+    pins = _pins([{1: 2, 2: 3, 3: 4}], 4)
+    assert sampler.converged(argmax, entropy).item()  # what counting the pins would do
+    assert not sampler.converged(argmax, entropy, pins).item()
+    assert sampler.converged(argmax, torch.tensor([[0.001, 0.0, 0.0, 0.0]]), pins).item()
+    # A row with every position pinned has nothing left to denoise.
+    assert sampler.converged(argmax, torch.zeros(1, 4), _pins([{0: 1, 1: 2, 2: 3, 3: 4}], 4)).item()
+
+
+@pytest.mark.parametrize("make_random", [lambda: ReferenceRandom(), lambda: GeneratorRandom(5)])
+def test_no_pins_gives_todays_tokens_exactly(make_random):
+    vocab, length = 64, 12
+    logits = torch.randn(6, 2, length, vocab, generator=torch.Generator().manual_seed(2)) * 3
+
+    def run(pins):
+        torch.manual_seed(7)
+        sampler = EntropyBoundSampler(SamplerConfig(), vocab, make_random())
+        canvas = sampler.initial_canvas(2, length, torch.device("cpu"), pins)
+        seen = [canvas]
+        for step, step_logits in enumerate(logits):
+            result = sampler.step(canvas, step_logits, 48 - step, pins)
+            seen += [
+                result.canvas,
+                result.argmax,
+                result.entropy,
+                sampler.converged(result.argmax, result.entropy, pins),
+            ]
+            canvas = result.canvas
+        return seen
+
+    today = run(None)
+    # An empty pin set is no pins at all.
+    empty = run(CanvasPins.from_rows([{}, {}], length))
+    assert all(a.equal(b) for a, b in zip(today, empty, strict=True))
+    torch.manual_seed(7)
+    plain = EntropyBoundSampler(SamplerConfig(), vocab, make_random())
+    canvas = plain.initial_canvas(2, length, torch.device("cpu"))
+    assert canvas.equal(today[0])
+    for step, step_logits in enumerate(logits):
+        result = plain.step(canvas, step_logits, 48 - step)
+        assert result.canvas.equal(today[1 + 4 * step]) and result.entropy.equal(today[3 + 4 * step])
+        canvas = result.canvas
+
+
+def test_pins_do_not_shift_the_random_stream_of_free_positions():
+    """Noise is drawn for pinned positions too, so a free position's first draw is the same."""
+    length, vocab = 6, 30
+    plain = EntropyBoundSampler(SamplerConfig(), vocab, GeneratorRandom(9)).initial_canvas(1, length, "cpu")
+    pins = _pins([{1: 4, 4: 5}], length)
+    pinned = EntropyBoundSampler(SamplerConfig(), vocab, GeneratorRandom(9)).initial_canvas(
+        1, length, "cpu", pins
+    )
+    assert pinned[0, [0, 2, 3, 5]].equal(plain[0, [0, 2, 3, 5]]) and pinned[0, [1, 4]].tolist() == [4, 5]
+
+
+def test_a_pinned_position_outside_the_canvas_is_refused():
+    with pytest.raises(ConfigError):
+        CanvasPins.from_rows([{8: 1}], 8)

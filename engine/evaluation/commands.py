@@ -28,6 +28,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument(
         "--baselines", action="store_true", help="also run the empty and previous-line baselines"
     )
+    evaluate.add_argument(
+        "--strategy",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="how the model fills each hole (engine/infill.py): prompt (today's), pinned[:K] (first K "
+        "suffix tokens pinned after the hole), length[:B] (B candidate hole lengths in one batch), "
+        "pinned[:K]+length[:B]; repeat to compare several side by side, on one loaded model and "
+        "the same step budget (default: prompt)",
+    )
     evaluate.add_argument("--limit", type=int, default=None, help="only the first N tasks")
     evaluate.add_argument("--kind", default=None, help="only tasks of this kind (single-line, multi-line...)")
     evaluate.add_argument("--steps", type=int, default=None, help="denoising steps per canvas")
@@ -98,7 +108,7 @@ def run_eval_infill(args: argparse.Namespace) -> int:
     predictors: dict[str, ev.Predictor] = {}
     for name in names:
         if name == "model":
-            predictors[name] = _model_predictor(args)
+            predictors.update(_model_predictors(args))
         elif name == "oracle":
             answers = {(t.prompt, t.suffix): t.canonical_solution for t in tasks}
             predictors[name] = lambda prefix, suffix, answers=answers: answers[(prefix, suffix)]
@@ -128,8 +138,11 @@ def run_eval_infill(args: argparse.Namespace) -> int:
     return 0
 
 
-def _model_predictor(args: argparse.Namespace):
+def _model_predictors(args: argparse.Namespace) -> dict:
+    """One predictor per `--strategy`, all on one loaded model; named `model` for today's prompt
+    alone, `model[STRATEGY]` otherwise."""
     from engine.evaluation.eval_infill import ModelPredictor
+    from engine.infill import InfillStrategy
 
     if args.threads:
         import torch
@@ -147,10 +160,19 @@ def _model_predictor(args: argparse.Namespace):
         **{knob: getattr(args, knob) for knob in SAMPLER_KNOBS},
     )
     model = DiffusionGemmaModel.from_pretrained(args.model, config=config)
-    return ModelPredictor(
-        model,
-        max_tokens=args.max_tokens,
-        num_diffusion_steps=args.steps,
-        max_prefix_tokens=args.prefix_tokens,
-        max_suffix_tokens=args.suffix_tokens,
-    )
+    # Names fail before any task runs; B defaults per device.
+    strategies = [InfillStrategy.parse(s, device=model.device.type).name for s in args.strategy or ["prompt"]]
+    model.warmup()  # the first task's latency should not carry loading and kernel choice
+    steps = args.steps or model.sampler_defaults.max_denoising_steps
+    print(f"strategies: {', '.join(strategies)}; {steps} denoising steps each", file=sys.stderr)
+    return {
+        ("model" if strategies == ["prompt"] else f"model[{strategy}]"): ModelPredictor(
+            model,
+            max_tokens=args.max_tokens,
+            num_diffusion_steps=args.steps,
+            max_prefix_tokens=args.prefix_tokens,
+            max_suffix_tokens=args.suffix_tokens,
+            strategy=strategy,
+        )
+        for strategy in dict.fromkeys(strategies)
+    }

@@ -294,6 +294,7 @@ class ModelPredictor:
         max_prefix_tokens: int = 384,
         max_suffix_tokens: int = 128,
         tokenizer: Any = None,
+        strategy: str | None = None,
     ):
         self.model = model
         self.max_tokens = max_tokens
@@ -301,6 +302,8 @@ class ModelPredictor:
         self.max_prefix_tokens = max_prefix_tokens
         self.max_suffix_tokens = max_suffix_tokens
         self.tokenizer = tokenizer if tokenizer is not None else _backend_tokenizer(model)
+        # engine.infill: "prompt" (None), "pinned[:K]", "length[:B]", "pinned+length"...
+        self.strategy = strategy
         self.last_stats: Any = None
 
     def __call__(self, prefix: str, suffix: str) -> str:
@@ -315,6 +318,8 @@ class ModelPredictor:
             kwargs["num_diffusion_steps"] = self.num_diffusion_steps
         from engine.requests import InfillRequest
 
+        if self.strategy is not None:
+            kwargs["strategy"] = self.strategy
         result = self.model.infill_request(InfillRequest(prefix, suffix, **kwargs))
         self.last_stats = result.stats  # this call's figures, from its own result
         return result.text
@@ -332,14 +337,17 @@ def file_digest(path: str | Path) -> str:
 
 def format_table(reports: Sequence[EvalReport]) -> str:
     """A markdown table: one row per predictor and kind."""
-    header = "| predictor | kind | tasks | exact match | parses | pass@1 | latency p50 ms | mean ms |"
-    lines = [header, "|---|---|---:|---:|---:|---:|---:|---:|"]
+    header = (
+        "| predictor | kind | tasks | exact match | parses | pass@1 | latency p50 ms | p95 ms | mean ms |"
+    )
+    lines = [header, "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for report in reports:
         for s in report.summary():
             pass_text = "n/a" if s.pass_at_1 is None else f"{100 * s.pass_at_1:.1f}% ({s.tested})"
             lines.append(
                 f"| {report.predictor} | {s.kind} | {s.count} | {100 * s.exact_match:.1f}% | "
-                f"{100 * s.parse_rate:.1f}% | {pass_text} | {s.latency_p50_ms:.1f} | {s.latency_mean_ms:.1f} |"
+                f"{100 * s.parse_rate:.1f}% | {pass_text} | {s.latency_p50_ms:.1f} | {s.latency_p95_ms:.1f} | "
+                f"{s.latency_mean_ms:.1f} |"
             )
     return "\n".join(lines)
 

@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from engine.errors import ConfigError
 from engine.evaluation import commands
 from engine.evaluation.eval_infill import (
     MULTI_LINE,
@@ -214,3 +215,30 @@ def test_cli_runs_the_engine_as_predictor(tiny_checkpoint, tmp_path):
     for result in report["results"]:
         assert result["error"] is None and result["stats"]["canvases"] == 1
         assert result["stats"]["steps_per_canvas"][0] <= 2 and result["latency_s"] > 0
+
+
+def test_cli_compares_infill_strategies_side_by_side_at_one_step_budget(tiny_checkpoint, tmp_path, capsys):
+    data = tmp_path / "tasks.jsonl"
+    _write_jsonl(data, [_record(ADD)] * 2)
+    out = tmp_path / "report.json"
+    argv = ["eval-infill", "--data", str(data), "--model", str(tiny_checkpoint), "--steps", "2", "--no-tests"]
+    for strategy in ("prompt", "pinned:2", "length:2", "pinned:2+length:2"):
+        argv += ["--strategy", strategy]
+    assert _run_cli([*argv, "--out", str(out)]) == 0
+    reports = json.loads(out.read_text())["reports"]
+    names = [r["predictor"] for r in reports]
+    assert names == ["model[prompt]", "model[pinned:2]", "model[length:2]", "model[pinned:2+length:2]"]
+    for report in reports:
+        assert len(report["results"]) == 2
+        for result in report["results"]:
+            assert result["error"] is None and result["stats"]["steps_per_canvas"][0] <= 2
+    table = capsys.readouterr().out
+    assert "p95 ms" in table and all(f"| {name} |" in table for name in names)
+
+
+def test_cli_refuses_an_unknown_strategy_before_running_tasks(tiny_checkpoint, tmp_path):
+    data = tmp_path / "tasks.jsonl"
+    _write_jsonl(data, [_record(ADD)])
+    argv = ["eval-infill", "--data", str(data), "--model", str(tiny_checkpoint), "--strategy", "lenght:2"]
+    with pytest.raises(ConfigError):
+        _run_cli(argv)
