@@ -57,16 +57,6 @@ class Shapes:
 
 REAL = Shapes(2816, 704, 128, 8, 262_144, 16, 8, 256, 2, 512, 25, 5, 1024, (256, 64))
 TINY = Shapes(64, 32, 8, 2, 1000, 4, 2, 16, 1, 32, 2, 1, 40, (16, 8))
-# Peak HBM bandwidth, TB/s (engine.bench's table).
-BANDWIDTH_TBS = {
-    "H200": 4.8,
-    "H100": 3.35,
-    "A100": 2.0,
-    "L40S": 0.864,
-    "4090": 1.008,
-    "5090": 1.79,
-    "B200": 8.0,
-}
 
 
 def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
@@ -429,7 +419,9 @@ def main(argv: list[str] | None = None) -> int:
     repeats = 1 if args.dry_run else args.repeats
     report = Report(args.out)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (Triton interpreter)"
-    bandwidth = next((v for k, v in BANDWIDTH_TBS.items() if k in name), None)
+    from engine.bench import GPU_BANDWIDTH_TBS
+
+    bandwidth = next((v for k, v in GPU_BANDWIDTH_TBS.items() if k in name), None)
     report.data.update(
         device=name,
         torch=torch.__version__,
