@@ -135,7 +135,7 @@ def test_plan_kv_matches_the_cache_the_engine_keeps(nvfp4_ready_checkpoint):
         Workload(prompt_tokens=len(prompt), new_tokens=128),
         device="cpu",
     )
-    assert model._prompt_cache.nbytes() == plan.kv_cache_bytes
+    assert model.prefix_cache.cache.nbytes() == plan.kv_cache_bytes
 
 
 def test_doctor_plans_a_folder_holding_only_config_json(tmp_path):
